@@ -1,0 +1,3 @@
+from mergekit_kinship.cli import main
+
+main()

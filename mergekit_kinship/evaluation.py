@@ -129,6 +129,7 @@ class EvaluationResult:
     ``scores``: task -> the chosen metric as lm-eval reports it (accuracies in [0, 1]).
     ``stderr``: task -> lm-eval's standard error of that score (absent where lm-eval gives none).
     ``samples``: task -> number of documents actually scored (after ``limit``).
+    ``n_shot``: task -> few-shot examples lm-eval actually used (a task may pin its own).
     ``seconds``: wall-clock time of the evaluation, model loading included.
     """
 
@@ -138,6 +139,7 @@ class EvaluationResult:
     seconds: float
     stderr: dict[str, float] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
+    n_shot: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -441,7 +443,7 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
         raise RuntimeError("lm-eval returned no results (not the main process?)")
 
     results = output["results"]
-    scores, stderr, samples = {}, {}, {}
+    scores, stderr, samples, n_shot = {}, {}, {}, {}
     for task in settings.tasks:
         if task not in results:
             raise UserError(f"evaluation.tasks: lm-eval returned no result for {task!r}")
@@ -458,6 +460,9 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
         count = (output.get("n-samples") or {}).get(task, {}).get("effective")
         if count is not None:
             samples[task] = int(count)
+        shots = (output.get("n-shot") or {}).get(task)
+        if shots is not None:
+            n_shot[task] = int(shots)
     return EvaluationResult(
         scores=scores,
         fitness=fitness(scores, settings),
@@ -465,4 +470,5 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
         seconds=seconds,
         stderr=stderr,
         samples=samples,
+        n_shot=n_shot,
     )

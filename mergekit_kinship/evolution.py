@@ -1,0 +1,402 @@
+"""The evolution loop: Algorithm 1 run for real, through mergekit and lm-eval, resumable.
+
+:func:`evolve` reads like the paper's Algorithm 1: score the foundation models, merge every
+pair of them, then generation after generation let the planner (pure, :mod:`.planner`) choose
+the children, have the executor merge and score them (one self-contained unit of work each,
+:mod:`.executors.job`), measure their kinship to the pool, select the top-k, and stop by the
+recipe's rule. Every fact the loop learns is keyed by content and kept in the run directory
+(:mod:`.rundir`), so running it again after a kill redoes no finished merge or evaluation and
+reaches the same result.
+
+Identities:
+- a foundation model: sha256 of its weight and config files (a hub model: ``hub:org/name@rev``);
+- a child: hash of its merge configuration with every model reference replaced by that model's
+  identity (plus the seed for random methods);
+- a score: hash of the model identity and :func:`~mergekit_kinship.evaluation.evaluation_fingerprint`
+  (lm-eval version included); the fitness is recomputed from scores with the recipe's weights.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from mergekit_kinship.errors import UserError
+from mergekit_kinship.planner import (
+    Candidate, PoolState, mutual_kinship, plan_generation, stop_reason, top_k)
+from mergekit_kinship.recipe import Recipe
+from mergekit_kinship.rundir import KEEP_CHOICES, RunDir, content_hash, folder_identity, folder_stamp
+
+# kinship_fn(paths: {id: path}, base_path, metrics, pairs: [(id, id)]) -> {(id, id): {metric: v}}
+KinshipFn = Callable[[dict[str, str], str, list[str], list[tuple[str, str]]],
+                     dict[tuple[str, str], dict[str, float]]]
+
+
+@dataclass
+class PoolModel:
+    """One model of the pool, as the summary's ``models`` entry describes it."""
+
+    id: str
+    name: str
+    kind: str  # "foundation" | "child"
+    identity: str
+    path: Optional[str]
+    hub_id: Optional[str] = None
+    generation: int = 0
+    parents: list[str] = field(default_factory=list)
+    exploration: bool = False
+    method: Optional[str] = None
+    yaml: Optional[str] = None
+    parents_kinship: Optional[dict[str, float]] = None
+    scores: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    fitness: Optional[float] = None
+    gain: Optional[float] = None
+    seed: Optional[int] = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "kind": self.kind, "hub_id": self.hub_id,
+                "identity": self.identity, "generation": self.generation,
+                "parents": list(self.parents), "exploration": self.exploration,
+                "method": self.method, "yaml": self.yaml, "parents_kinship": self.parents_kinship,
+                "scores": dict(self.scores), "stderr": dict(self.stderr), "fitness": self.fitness,
+                "gain": self.gain}
+
+
+class Run:
+    """The pool of one run directory and the facts known about it (scores, kinship)."""
+
+    def __init__(self, recipe: Recipe, run_dir: RunDir, kinship_fn: Optional[KinshipFn] = None,
+                 progress: bool = True):
+        from mergekit_kinship.evaluation import evaluation_fingerprint
+
+        self.recipe = recipe
+        self.rd = run_dir
+        self.kinship_fn = kinship_fn or default_kinship
+        self.progress = progress
+        self.fingerprint = evaluation_fingerprint(recipe.evaluation)
+        self.metrics = sorted({recipe.metric, "pcc"})
+        self.pool: dict[str, PoolModel] = {}
+        self.generations: list[dict] = []
+        self.merged_pairs: set[frozenset[str]] = set()
+        self._identities = {e["path"]: e for e in run_dir.events("identity")}
+        self.base_identity = self._model_identity(recipe.base)
+        self._kinship: dict[str, dict[str, float]] = {
+            e["key"]: e["values"] for e in run_dir.events("kinship")}
+
+    # --- identities --------------------------------------------------------------------------
+    def _model_identity(self, spec) -> str:
+        if spec.hub is not None:
+            return f"hub:{spec.hub}@{spec.revision or 'main'}"
+        path = spec.path
+        if not Path(path, "config.json").is_file():
+            raise UserError(f"{path}: not a model folder (no config.json)")
+        stamp = folder_stamp(path)
+        cached = self._identities.get(path)
+        if cached and cached["stamp"] == [list(s) for s in stamp]:
+            return cached["identity"]
+        identity = folder_identity(path)
+        self.rd.append({"event": "identity", "path": path, "stamp": stamp, "identity": identity})
+        self._identities[path] = {"stamp": [list(s) for s in stamp], "identity": identity}
+        return identity
+
+    def score_key(self, identity: str) -> str:
+        return content_hash({"model": identity, "evaluation": self.fingerprint})
+
+    # --- kinship -----------------------------------------------------------------------------
+    def _kinship_key(self, a: str, b: str) -> str:
+        ia, ib = sorted((self.pool[a].identity, self.pool[b].identity))
+        return content_hash({"base": self.base_identity, "pair": [ia, ib]})
+
+    def kinship(self, a: str, b: str, metric: Optional[str] = None) -> Optional[float]:
+        values = self._kinship.get(self._kinship_key(a, b))
+        return None if values is None else values.get(metric or self.recipe.metric)
+
+    def measure_kinship(self, new_ids: list[str]) -> None:
+        """Kinship of every new model with every model of the pool (cached by content)."""
+        ids = list(self.pool)
+        pairs = []
+        for a in new_ids:
+            for b in ids:
+                if a != b and (b not in new_ids or ids.index(b) < ids.index(a)):
+                    if self._kinship_key(a, b) not in self._kinship:
+                        pairs.append((a, b))
+        if not pairs:
+            return
+        needed = sorted({m for p in pairs for m in p})
+        paths = {m: self.model_path(m) for m in needed}
+        values = self.kinship_fn(paths, self.model_path_of_spec(self.recipe.base), self.metrics,
+                                 pairs)
+        for a, b in pairs:
+            key = self._kinship_key(a, b)
+            self._kinship[key] = {k: float(v) for k, v in values[(a, b)].items()}
+            self.rd.append({"event": "kinship", "key": key, "pair": [a, b],
+                            "values": self._kinship[key]})
+
+    # --- models ------------------------------------------------------------------------------
+    @staticmethod
+    def model_path_of_spec(spec) -> str:
+        return spec.path if spec.path is not None else spec.reference
+
+    def model_path(self, model_id: str) -> str:
+        """A loadable reference for a pool model; a pruned child is merged again first."""
+        m = self.pool[model_id]
+        if m.kind == "child":
+            from mergekit_kinship.executors.job import ensure_merged
+
+            for parent in m.parents:  # parents of a pruned child may be pruned too
+                self.model_path(parent)
+            ensure_merged(self.job(m))
+            return str(self.rd.model_dir(m.id))
+        return m.path
+
+    def job(self, m: PoolModel):
+        from mergekit_kinship.executors.job import ChildJob
+
+        path = str(self.rd.model_dir(m.id)) if m.kind == "child" else m.path
+        return ChildJob(run_dir=str(self.rd.path), model_id=m.id, identity=m.identity,
+                        model_path=path, score_key=self.score_key(m.identity),
+                        evaluation=self.recipe.evaluation.model_dump(mode="json"),
+                        yaml_text=m.yaml, seed=m.seed,
+                        tokenizer_from=self.pool[m.parents[0]].path if m.parents else None)
+
+    def add_foundation(self) -> list[str]:
+        ids = []
+        for spec in self.recipe.models:
+            model_id = spec.display_name
+            self.pool[model_id] = PoolModel(
+                id=model_id, name=model_id, kind="foundation",
+                identity=self._model_identity(spec), path=self.model_path_of_spec(spec),
+                hub_id=spec.hub)
+            ids.append(model_id)
+        return ids
+
+    def make_child(self, candidate: Candidate, generation: int, index: int) -> PoolModel:
+        """The child of ``candidate``: its identity and exact mergekit YAML. Does no work."""
+        from mergekit_kinship.merging import child_config, render_yaml
+
+        template = self.recipe.merge
+        a, b = candidate.parents
+        ancestor = self.model_path_of_spec(self.recipe.base)
+        config = child_config(template, self._ref(a), self._ref(b), ancestor)
+        # Identity: the same config with every reference replaced by that model's identity.
+        by_identity = child_config(template, self.pool[a].identity, self.pool[b].identity,
+                                   self.base_identity)
+        seed = self.recipe.seed if template.spec.random else None
+        child_id = "c-" + content_hash({"config": by_identity, "seed": seed}, 12)
+        name = f"g{generation}-{index}"
+        kin = {m: self.kinship(a, b, m) for m in self.metrics}
+        kin_text = ", ".join(f"{m} {v:.4f}" for m, v in kin.items() if v is not None) or "unknown"
+        header = [
+            f"mergekit-kinship child {name} ({child_id}), generation {generation}"
+            + (", exploration merge" if candidate.exploration else ""),
+            f"parent A: {self._label(a)}",
+            f"parent B: {self._label(b)}",
+            f"kinship of parents: {kin_text} (ancestor {ancestor})",
+            f"strategy {self.recipe.strategy}, top-k {self.recipe.top_k}, method {template.method}",
+            f"run: mergekit-yaml {child_id}.yaml OUT_DIR"
+            + (f" --random-seed {seed}" if seed is not None else ""),
+        ]
+        return PoolModel(
+            id=child_id, name=name, kind="child", identity=child_id, path=None,
+            generation=generation, parents=[a, b], exploration=candidate.exploration,
+            method=template.method, yaml=render_yaml(config, header),
+            parents_kinship={m: v for m, v in kin.items() if v is not None} or None,
+            seed=self.recipe.seed)
+
+    def _ref(self, model_id: str) -> str:
+        m = self.pool[model_id]
+        return str(self.rd.model_dir(m.id)) if m.kind == "child" else m.path
+
+    def _label(self, model_id: str) -> str:
+        m = self.pool[model_id]
+        return (f"{m.name} ({m.id}, generation {m.generation})" if m.kind == "child"
+                else f"{m.name} (foundation, {m.path})")
+
+    def score(self, ids: list[str], executor) -> None:
+        """Merge (children) and score every model of ``ids`` through the executor."""
+        results = executor.run([self.job(self.pool[i]) for i in ids], progress=self.progress)
+        from mergekit_kinship.evaluation import fitness
+
+        for result in results:
+            m = self.pool[result.model_id]
+            m.scores, m.stderr = result.scores, result.stderr
+            m.fitness = fitness(m.scores, self.recipe.evaluation)
+            if m.kind == "child":
+                m.path = str(self.rd.model_dir(m.id))
+                mean_parents = sum(self.pool[p].fitness for p in m.parents) / len(m.parents)
+                m.gain = m.fitness - mean_parents
+
+    def state(self, generation: int) -> PoolState:
+        return PoolState(models=tuple(self.pool), fitness={i: m.fitness for i, m in self.pool.items()},
+                         kinship=self.kinship, metric=self.recipe.metric, top_k=self.recipe.top_k,
+                         generation=generation, merged=frozenset(self.merged_pairs),
+                         seed=self.recipe.seed)
+
+    def merges_done(self) -> int:
+        return sum(1 for m in self.pool.values() if m.kind == "child")
+
+    def merges_left(self) -> Optional[int]:
+        cap = self.recipe.stopping.max_merges
+        return None if cap is None else cap - self.merges_done()
+
+    # --- summary -----------------------------------------------------------------------------
+    def summary(self, stopped: Optional[str]) -> dict[str, Any]:
+        ids = list(self.pool)
+        best = top_k(ids, {i: m.fitness for i, m in self.pool.items()}, 1)[0] if ids else None
+        base = self.recipe.base
+        return {
+            "format": 1,
+            "recipe": self.recipe.to_dict(),
+            "strategy": self.recipe.strategy, "top_k": self.recipe.top_k,
+            "metric": self.recipe.metric,
+            "base": {"name": base.display_name, "path": base.path, "hub_id": base.hub},
+            "evaluation": self.recipe.evaluation.model_dump(mode="json"),
+            "models": {i: m.summary() for i, m in self.pool.items()},
+            "generations": self.generations,
+            "pool_kinship": {"names": ids, self.recipe.metric: [
+                [1.0 if a == b and self.recipe.metric != "ed" else
+                 (0.0 if a == b else self.kinship(a, b)) for b in ids] for a in ids]},
+            "saturation_threshold": self.recipe.stopping.saturation,
+            "stopped": stopped,
+            "merges": self.merges_done(),
+            "best": best,
+        }
+
+    def write_summary(self, stopped: Optional[str]) -> dict[str, Any]:
+        summary = self.summary(stopped)
+        self.rd.write_json(self.rd.summary_path, summary)
+        return summary
+
+
+def default_kinship(paths: dict[str, str], base: str, metrics: list[str],
+                    pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Kinship through :func:`mergekit_kinship.kinship.kinship_matrix` (streams each model once)."""
+    from mergekit_kinship.kinship import kinship_matrix
+
+    names = list(paths)
+    index = {n: i for i, n in enumerate(names)}
+    result = kinship_matrix([paths[n] for n in names], base, metrics=tuple(metrics),
+                            pairs=[(index[a], index[b]) for a, b in pairs], progress=False)
+    return {(a, b): {m: result.values[m][index[a]][index[b]] for m in metrics} for a, b in pairs}
+
+
+def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: str = "local",
+           kinship_fn: Optional[KinshipFn] = None, progress: bool = True,
+           on_generation: Optional[Callable[[dict, dict], None]] = None) -> dict[str, Any]:
+    """Run Algorithm 1 to its stopping rule in ``run_dir``; returns the run summary.
+
+    Safe to interrupt at any moment and to call again on the same directory: finished merges
+    and evaluations are found by content and never redone. ``on_generation(summary, record)``
+    is called after every generation (the CLI prints its table there). ``keep`` chooses which
+    children's weights stay once the run stops: ``best``, ``survivors`` (the final top-k) or
+    ``all``; a pruned child is merged again if a later run needs it as a parent.
+    """
+    from mergekit_kinship.executors import get_executor
+
+    if keep not in KEEP_CHOICES:
+        raise UserError(f"--keep: one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
+    rd = RunDir(run_dir)
+    with rd:
+        rd.clean_partials()
+        rd.write_text(rd.recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        run = Run(recipe, rd, kinship_fn, progress)
+        work = get_executor(executor)
+        rd.append({"event": "start", "strategy": recipe.strategy})
+
+        # Generation 0: the foundation models enter the pool, are scored and related.
+        foundation = run.add_foundation()
+        run.score(foundation, work)
+        run.measure_kinship(foundation)
+        survivors = top_k(list(run.pool), run.state(0).fitness, recipe.top_k)
+
+        generation, stopped = 1, None
+        while stopped is None:
+            # Plan: G1 = every foundation pair; then greedy pairs of the top-k + exploration.
+            candidates = plan_generation(recipe.strategy, run.state(generation), run.merges_left())
+            children = [run.make_child(c, generation, i + 1) for i, c in enumerate(candidates)]
+            for child in children:
+                run.pool[child.id] = child
+                run.merged_pairs.add(frozenset(child.parents))
+                rd.write_text(rd.yaml_path(child.id), child.yaml)
+            # Merge and score the generation, then relate the children to the whole pool.
+            run.score([c.id for c in children], work)
+            run.measure_kinship([c.id for c in children])
+            # Select.
+            new_survivors = top_k(list(run.pool), run.state(generation).fitness, recipe.top_k)
+            mutual_pcc = mutual_kinship(new_survivors, lambda a, b: run.kinship(a, b, "pcc"))
+            planned_next = len(plan_generation(recipe.strategy, run.state(generation + 1),
+                                               run.merges_left()))
+            stopped = stop_reason(
+                generation=generation, previous_top=survivors, new_top=new_survivors,
+                merges_done=run.merges_done(), planned_next=planned_next,
+                max_generations=recipe.stopping.max_generations,
+                max_merges=recipe.stopping.max_merges, saturation=recipe.stopping.saturation,
+                top_k_mutual_pcc=mutual_pcc)
+            best = new_survivors[0]
+            fitnesses = [c.fitness for c in children]
+            record = {"index": generation, "children": [c.id for c in children],
+                      "top_k": new_survivors, "best": best,
+                      "best_fitness": run.pool[best].fitness,
+                      "mean_fitness": sum(fitnesses) / len(fitnesses) if fitnesses else None,
+                      "top_k_mutual_pcc": mutual_pcc}
+            run.generations.append(record)
+            rd.append({"event": "generation", **record, "stopped": stopped})
+            summary = run.write_summary(stopped)
+            if on_generation is not None:
+                on_generation(summary, record)
+            survivors = new_survivors
+            generation += 1
+
+        best = summary["best"]
+        keep_ids = {"all": list(run.pool), "survivors": survivors, "best": [best]}[keep]
+        rd.prune(keep_ids)
+        for m in run.pool.values():
+            if m.kind == "child" and not rd.model_dir(m.id).exists():
+                m.path = None
+        rd.append({"event": "stop", "stopped": stopped, "best": best})
+        return run.write_summary(stopped)
+
+
+# --- presentation (pure) ---------------------------------------------------------------------
+
+def _fmt(value: Optional[float], digits: int = 4, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def generation_table(summary: dict, index: int) -> str:
+    """A readable table of generation ``index``: child, parents, parents' kinship, scores,
+    fitness, gain over the parents' mean, and the best model so far."""
+    models = summary["models"]
+    record = next(g for g in summary["generations"] if g["index"] == index)
+    tasks = list(summary["evaluation"]["tasks"])
+    metric = summary["metric"]
+    header = ["child", "parents", f"kinship ({metric})", *tasks, "fitness", "gain"]
+    rows = []
+    for cid in record["children"]:
+        m = models[cid]
+        parents = " x ".join(models[p]["name"] for p in m["parents"])
+        if m["exploration"]:
+            parents += " (explore)"
+        kin = (m["parents_kinship"] or {}).get(metric)
+        rows.append([m["name"], parents, _fmt(kin), *(_fmt(m["scores"].get(t)) for t in tasks),
+                     _fmt(m["fitness"]), _fmt(m["gain"], signed=True)])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"generation {index}: {len(rows)} children"]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    best = models[record["best"]]
+    top = ", ".join(models[i]["name"] for i in record["top_k"])
+    lines.append(f"best so far: {best['name']} fitness {_fmt(best['fitness'])}; top-k: {top}; "
+                 f"mutual pcc {_fmt(record['top_k_mutual_pcc'])}")
+    return "\n".join(lines)
+
+
+def print_table(summary: dict, record: dict, stream=sys.stdout) -> None:
+    print(generation_table(summary, record["index"]), file=stream, flush=True)

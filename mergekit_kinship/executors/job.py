@@ -1,0 +1,111 @@
+"""The unit of work: merge one child (if it has a YAML) and score it, all inside the run directory.
+
+A :class:`ChildJob` carries everything needed as plain data, and :func:`run_child_job` writes its
+results into the run directory before returning, so it can run in another process or on another
+machine that mounts the run directory. It is idempotent: a finished merge (a model folder whose
+marker names this child) and a finished score (a score file with this key) are never redone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mergekit_kinship.rundir import RunDir, checkpoint
+
+
+@dataclass
+class ChildJob:
+    """Inputs of one unit of work. ``yaml_text`` is None for a model that is only scored."""
+
+    run_dir: str
+    model_id: str
+    identity: str
+    model_path: str
+    score_key: str
+    evaluation: dict[str, Any]
+    yaml_text: Optional[str] = None
+    seed: Optional[int] = None
+    tokenizer_from: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class JobResult:
+    model_id: str
+    scores: dict[str, float]
+    stderr: dict[str, float] = field(default_factory=dict)
+    merged_now: bool = False  # this call ran mergekit
+    scored_now: bool = False  # this call ran the evaluation
+    merge_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+def merge_done(model_path: str | Path, model_id: str, identity: str) -> bool:
+    """True when ``model_path`` is a finished merge of exactly this child."""
+    from mergekit_kinship.merging import read_marker
+
+    marker = read_marker(model_path)
+    return bool(marker) and marker.get("child") == model_id and marker.get("identity") == identity
+
+
+def ensure_merged(job: ChildJob) -> tuple[bool, float]:
+    """Merge the child unless its finished folder is there. Returns (merged now, seconds)."""
+    from mergekit_kinship.merging import merge_yaml
+
+    if job.yaml_text is None or merge_done(job.model_path, job.model_id, job.identity):
+        return False, 0.0
+    run = RunDir(job.run_dir)
+    path = Path(job.model_path)
+    if path.exists():  # not a finished merge of this child: never trusted, never used
+        shutil.rmtree(path)
+    run.append({"event": "merge-start", "child": job.model_id})
+    started = time.perf_counter()
+    merge_yaml(job.yaml_text, path, seed=job.seed, tokenizer_from=job.tokenizer_from,
+               marker={"child": job.model_id, "identity": job.identity})
+    seconds = time.perf_counter() - started
+    run.append({"event": "merged", "child": job.model_id, "seconds": round(seconds, 3)})
+    return True, seconds
+
+
+def resolve_evaluator():
+    """lm-eval through :func:`mergekit_kinship.evaluation.evaluate`, or the ``module:function``
+    named by ``MERGEKIT_KINSHIP_EVALUATOR`` (a stand-in with the same signature, for tests)."""
+    target = os.environ.get("MERGEKIT_KINSHIP_EVALUATOR")
+    if target:
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    from mergekit_kinship.evaluation import evaluate
+
+    return evaluate
+
+
+def run_child_job(job: ChildJob) -> JobResult:
+    """Merge (if needed) and score (if needed) one model; results land in the run directory."""
+    from mergekit_kinship.evaluation import EvaluationSettings
+
+    run = RunDir(job.run_dir)
+    merged_now, merge_seconds = ensure_merged(job)
+    record = run.read_score(job.score_key)
+    scored_now, eval_seconds = False, 0.0
+    if record is None:
+        settings = EvaluationSettings.model_validate(job.evaluation)
+        run.append({"event": "eval-start", "model": job.model_id, "score_key": job.score_key})
+        result = resolve_evaluator()(job.model_path, settings)
+        checkpoint("evaluate")  # tests kill the process here: scored, not yet recorded
+        record = {"score_key": job.score_key, "model": job.model_id, "identity": job.identity,
+                  "result": result.to_dict()}
+        run.write_json(run.score_path(job.score_key), record)
+        run.append({"event": "scored", "model": job.model_id, "score_key": job.score_key,
+                    "seconds": round(result.seconds, 3)})
+        scored_now, eval_seconds = True, result.seconds
+    result = record["result"]
+    return JobResult(job.model_id, dict(result["scores"]), dict(result.get("stderr") or {}),
+                     merged_now, scored_now, merge_seconds, eval_seconds)

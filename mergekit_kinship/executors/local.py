@@ -1,0 +1,25 @@
+"""The local executor: a generation's jobs one after another, in this process."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from mergekit_kinship.executors import register_executor
+from mergekit_kinship.executors.job import ChildJob, JobResult, run_child_job
+
+
+class LocalExecutor:
+    """Runs each job in order in the calling process (mergekit and lm-eval stay imported)."""
+
+    name = "local"
+
+    def run(self, jobs: Sequence[ChildJob], progress: bool = True) -> list[JobResult]:
+        from tqdm import tqdm
+
+        bar = tqdm(jobs, desc="merge + score", unit="child", file=sys.stderr,
+                   disable=not progress or len(jobs) == 0, leave=False)
+        return [run_child_job(job) for job in bar]
+
+
+register_executor("local", LocalExecutor)

@@ -1,0 +1,217 @@
+"""The run directory: everything an evolution run knows, keyed by content, safe to kill.
+
+Layout (``RUN`` is the directory given to ``plan`` / ``evolve``)::
+
+    RUN/recipe.yaml            copy of the recipe as last run (validated, absolute paths)
+    RUN/journal.jsonl          append-only log, one JSON event a line, fsync'd
+    RUN/lock                   held (flock) by the one ``evolve`` working here
+    RUN/yaml/<child>.yaml      each child's mergekit YAML, runnable with ``mergekit-yaml``
+    RUN/models/<child>/        merged weights; renamed into place only when complete
+    RUN/scores/<key>.json      one evaluation; key = hash(model identity + evaluation fingerprint)
+    RUN/summary.json           the run summary (cards and report read only this)
+    RUN/plan/                  what ``plan`` wrote (next generation's YAML + plan.json)
+
+What counts as done is decided by content, never by a folder merely existing: a merged child is
+a folder whose marker names its child id (written before the atomic rename); a score is a file
+whose key matches the model identity and evaluation fingerprint. Every file is written to a
+temporary name, fsync'd and renamed, so a kill at any moment leaves either the old state or the
+new one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from mergekit_kinship.errors import UserError
+
+KEEP_CHOICES = ("best", "survivors", "all")
+
+# --- test hook: kill this process at a named point --------------------------------------------
+# MERGEKIT_KINSHIP_KILL_AT="merge:2" sends SIGKILL to this process the 2nd time checkpoint("merge")
+# is reached. Tests use it to prove that a run killed mid-merge / mid-evaluation resumes exactly.
+_checkpoint_counts: dict[str, int] = {}
+
+
+def checkpoint(name: str) -> None:
+    """A named point where a test may kill the process (see ``MERGEKIT_KINSHIP_KILL_AT``)."""
+    target = os.environ.get("MERGEKIT_KINSHIP_KILL_AT")
+    if not target:
+        return
+    _checkpoint_counts[name] = _checkpoint_counts.get(name, 0) + 1
+    point, _, count = target.partition(":")
+    if point == name and _checkpoint_counts[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# --- content identity --------------------------------------------------------------------------
+
+def content_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no whitespace), hex, truncated."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
+
+
+def folder_identity(path: str | Path) -> str:
+    """sha256 over a model folder's weights and JSON config files (names and bytes).
+
+    Reads every weight byte once (about 1 GB/s); callers cache it by (path, size, mtime).
+    Tokenizer files are included since they change what is evaluated.
+    """
+    digest = hashlib.sha256()
+    folder = Path(path)
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name.startswith("tokenizer")):
+            if f.name == "mergekit-kinship.json":
+                continue
+            digest.update(f.name.encode() + b"\0")
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def folder_stamp(path: str | Path) -> list:
+    """Cheap fingerprint (names, sizes, mtimes) that says when a folder identity is stale."""
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in Path(path).iterdir() if f.is_file())
+
+
+# --- the run directory -------------------------------------------------------------------------
+
+class RunDir:
+    """One run directory. Methods are small and each does its own atomic write."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).resolve()
+        self.journal_path = self.path / "journal.jsonl"
+        self.recipe_path = self.path / "recipe.yaml"
+        self.summary_path = self.path / "summary.json"
+        self.yaml_dir = self.path / "yaml"
+        self.models_dir = self.path / "models"
+        self.scores_dir = self.path / "scores"
+        self.plan_dir = self.path / "plan"
+        self._lock_fh = None
+
+    def create(self) -> "RunDir":
+        for d in (self.path, self.yaml_dir, self.models_dir, self.scores_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # locking
+    def lock(self) -> None:
+        """Hold the run directory for this process; a second ``evolve`` gets a UserError."""
+        self.create()
+        fh = open(self.path / "lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise UserError(f"{self.path} is in use by another evolve ({holder}); "
+                                f"wait for it to finish or use another --run-dir") from None
+            raise
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._lock_fh = fh
+
+    def unlock(self) -> None:
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self):
+        self.lock()
+        return self
+
+    def __exit__(self, *exc):
+        self.unlock()
+
+    # journal
+    def append(self, event: dict) -> None:
+        """Append one event; fsync'd before returning, so it survives power loss."""
+        line = json.dumps({**event, "pid": os.getpid()}, sort_keys=True) + "\n"
+        with open(self.journal_path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def events(self, kind: Optional[str] = None) -> list[dict]:
+        """Journal events in order; a torn last line (killed mid-write) is skipped."""
+        if not self.journal_path.exists():
+            return []
+        out = []
+        for line in self.journal_path.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if kind is None or event.get("event") == kind:
+                out.append(event)
+        return out
+
+    # files
+    def write_text(self, path: Path, text: str) -> None:
+        """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def write_json(self, path: Path, data: Any) -> None:
+        self.write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+    def model_dir(self, child_id: str) -> Path:
+        return self.models_dir / child_id
+
+    def yaml_path(self, child_id: str) -> Path:
+        return self.yaml_dir / f"{child_id}.yaml"
+
+    def score_path(self, score_key: str) -> Path:
+        return self.scores_dir / f"{score_key}.json"
+
+    def read_score(self, score_key: str) -> Optional[dict]:
+        """A finished evaluation with this key, or None."""
+        try:
+            record = json.loads(self.score_path(score_key).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if record.get("score_key") == score_key else None
+
+    def clean_partials(self) -> None:
+        """Remove half-written merges left by a killed process (never used, never trusted)."""
+        if self.models_dir.exists():
+            for d in self.models_dir.glob(".partial-*"):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def prune(self, keep_ids: Iterable[str]) -> list[str]:
+        """Delete merged weights of every child not in ``keep_ids``; YAML and scores stay."""
+        keep = set(keep_ids)
+        removed = []
+        if not self.models_dir.exists():
+            return removed
+        for d in sorted(self.models_dir.iterdir()):
+            if d.is_dir() and not d.name.startswith(".") and d.name not in keep:
+                shutil.rmtree(d)
+                removed.append(d.name)
+        if removed:
+            self.append({"event": "pruned", "children": removed})
+        return removed

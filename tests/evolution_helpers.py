@@ -1,0 +1,124 @@
+"""Tiny real models and deterministic stand-ins for the evolution tests.
+
+``build_tiny_family(folder)`` saves a tiny random Llama base and three children with
+``save_pretrained`` (each child = base + its own "skill" direction), plus a char-level tokenizer.
+``stand_in_evaluate`` scores a real model folder from its weights: for skill j, the projection of
+the model's delta on the skill direction u_j, through a concave curve (1 - exp(-2 p)). A child
+masters its own skill only; a merge that keeps half of two skills scores higher on the average,
+as merges do on the built-in family. It reads the directions from ``EVOLVE_TEST_SKILLS``.
+``stand_in_kinship`` is global PCC of the deltas in float64 (same definition as the paper).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+SKILLS = ("skill0", "skill1", "skill2")
+
+
+def _tokenizer():
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "</s>", *"abcdefghij0123456789+= "])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(""), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                   eos_token="</s>")
+
+
+def load_tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def build_tiny_family(folder: Path, n_children: int = 3, seed: int = 0) -> dict[str, Path]:
+    """Base + ``n_children`` children in ``folder``; returns name -> path. ~2 s on one core."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=26, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=64, tie_word_embeddings=False)
+    tok = _tokenizer()
+    base = LlamaForCausalLM(config).to(torch.float32)
+    paths = {"base": folder / "base"}
+    base.save_pretrained(paths["base"])
+    tok.save_pretrained(paths["base"])
+    state = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    gen = torch.Generator().manual_seed(seed + 1)
+    # Skill directions: random per tensor; child i carries u_i plus a little of u_{i+1}, so
+    # kinship between children differs (some pairs are more related than others).
+    skills = {f"u{j}.{k}": torch.randn(v.shape, generator=gen) * 0.02 for j in range(n_children)
+              for k, v in state.items()}
+    save_file({k: v.contiguous() for k, v in skills.items()}, str(folder / "skills.safetensors"))
+    mix = [0.0, 0.35, 0.1, 0.2]
+    for i in range(n_children):
+        child = LlamaForCausalLM(config)
+        sd = {k: state[k] + skills[f"u{i}.{k}"]
+              + mix[i % len(mix)] * skills[f"u{(i + 1) % n_children}.{k}"] for k in state}
+        child.load_state_dict(sd)
+        name = f"child{i}"
+        paths[name] = folder / name
+        child.save_pretrained(paths[name])
+        tok.save_pretrained(paths[name])
+    return paths
+
+
+def stand_in_evaluate(model_path, settings):
+    """EvaluationResult from the weights alone (deterministic, ~10 ms). See module docstring."""
+    import torch
+
+    from mergekit_kinship.evaluation import EvaluationResult, fitness
+
+    started = time.perf_counter()
+    family = Path(os.environ["EVOLVE_TEST_SKILLS"])
+    skills = load_tensors(family) if family.is_dir() else None
+    from safetensors.torch import load_file
+
+    skills = load_file(str(family / "skills.safetensors"))
+    base = load_tensors(family / "base")
+    model = load_tensors(model_path)
+    scores = {}
+    for j, task in enumerate(settings.tasks):
+        dot = norm = 0.0
+        for k, b in base.items():
+            u = skills[f"u{j}.{k}"].double()
+            dot += float(((model[k].double() - b.double()) * u).sum())
+            norm += float((u * u).sum())
+        scores[task] = 1.0 - math.exp(-2.0 * max(dot / norm, 0.0))
+    if os.environ.get("EVOLVE_TEST_EVAL_LOG"):
+        with open(os.environ["EVOLVE_TEST_EVAL_LOG"], "a") as fh:
+            fh.write(f"{Path(model_path).name}\n")
+    return EvaluationResult(scores=scores, fitness=fitness(scores, settings),
+                            lm_eval_version="stand-in", seconds=time.perf_counter() - started)
+
+
+def stand_in_kinship(paths, base, metrics, pairs):
+    """Global PCC / CS / ED of weight deltas, float64 (the paper's definitions)."""
+    import torch
+
+    base_t = load_tensors(base)
+    deltas = {}
+    for name, path in paths.items():
+        t = load_tensors(path)
+        deltas[name] = torch.cat([(t[k].double() - base_t[k].double()).flatten()
+                                  for k in sorted(base_t)])
+    out = {}
+    for a, b in pairs:
+        x, y = deltas[a], deltas[b]
+        xc, yc = x - x.mean(), y - y.mean()
+        values = {"pcc": float((xc @ yc) / (xc.norm() * yc.norm())),
+                  "cs": float((x @ y) / (x.norm() * y.norm())),
+                  "ed": float((x - y).norm())}
+        out[(a, b)] = {m: values[m] for m in metrics}
+    return out

@@ -1,0 +1,142 @@
+"""``mergekit-kinship kinship`` and ``mergekit-kinship matrix``: kinship of fine-tunes of one base.
+
+Only click and the standard library are imported here; the engine (torch) loads when a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+import click
+
+_METRIC_HELP = "Comma-separated metrics: pcc, cosine (cs), euclidean (ed)."
+_PATTERN_HELP = "Glob pattern on tensor names, repeatable, e.g. --exclude 'lm_head.*' --exclude '*embed_tokens*'."
+
+
+def _selection_options(fn):
+    fn = click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")(fn)
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(fn)
+    fn = click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out matching tensors. " + _PATTERN_HELP)(fn)
+    fn = click.option("--include", multiple=True, metavar="GLOB", help="Compare only matching tensors. " + _PATTERN_HELP)(fn)
+    fn = click.option("--metric", "-m", default="pcc,cosine,euclidean", show_default=True, help=_METRIC_HELP)(fn)
+    fn = click.option("--base", "-b", required=True, metavar="BASE", help="The common base model (folder or hub id).")(fn)
+    return fn
+
+
+def _warn_on_stderr(run):
+    """Run ``run()`` and print the engine's warnings as one 'Warning: ...' line each on stderr."""
+    from mergekit_kinship.kinship import KinshipWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", KinshipWarning)
+        result = run()
+    for w in caught:
+        if issubclass(w.category, KinshipWarning):
+            click.echo(f"Warning: {w.message}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
+def _fmt(value, metric: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if metric == "euclidean" else f"{value:.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+@click.command("kinship")
+@click.argument("model_a")
+@click.argument("model_b")
+@_selection_options
+@click.option("--breakdown", type=click.Choice(["layer", "module"]), default=None,
+              help="Also show kinship per transformer layer, or per module kind (attention, mlp, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def kinship_cmd(model_a, model_b, base, metric, include, exclude, quiet, device, breakdown, as_json):
+    """Kinship of MODEL_A and MODEL_B: similarity of their weight deltas from BASE.
+
+    pcc and cosine are in [-1, 1] (higher: more related); euclidean is the distance between the
+    deltas (lower: more related). Values are global over every compared weight.
+    """
+    from mergekit_kinship.kinship import kinship
+
+    result = _warn_on_stderr(lambda: kinship(
+        model_a, model_b, base, metrics=metric, include=include or None, exclude=exclude or None,
+        breakdown=breakdown, device=device, progress=not quiet,
+    ))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(
+        f"kinship of {result.model_a} and {result.model_b} (deltas from {result.base}): "
+        f"{result.n_params:,} parameters in {result.n_tensors} tensors"
+    )
+    click.echo(_table(["metric", "value"], [[m, _fmt(result.values[m], m)] for m in result.metrics]))
+    if result.breakdown:
+        click.echo("")
+        rows = [
+            [group, f"{entry['params']:,}", *[_fmt(entry[m], m) for m in result.metrics]]
+            for group, entry in result.breakdown.items()
+        ]
+        click.echo(_table([breakdown, "params", *result.metrics], rows))
+
+
+@click.command("matrix")
+@click.argument("models", nargs=-1, required=True)
+@_selection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the matrix as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the matrix to this CSV file (one row per metric and model).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also draw an annotated heatmap to this image file (e.g. kinship.png).")
+def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, csv_path, plot_path):
+    """Kinship matrix of two or more MODELS, all as deltas from BASE.
+
+    Each model is read once, however many pairs there are. The matrix's mean over pairs is the
+    paper's kinship of the whole group.
+    """
+    from mergekit_kinship.errors import UserError
+    from mergekit_kinship.kinship import kinship_matrix, parse_metrics
+
+    parse_metrics(metric)  # an unknown metric fails before anything else
+    if len(models) < 2:
+        raise UserError(f"matrix needs at least two models, got {len(models)}")
+    if plot_path and not plot_path.lower().endswith((".png", ".pdf", ".svg", ".jpg", ".jpeg")):
+        raise UserError(f"--plot {plot_path}: give a .png, .pdf, .svg or .jpg file name")
+    result = _warn_on_stderr(lambda: kinship_matrix(
+        list(models), base, metrics=metric, include=include or None, exclude=exclude or None,
+        device=device, progress=not quiet,
+    ))
+    if csv_path:
+        with open(csv_path, "w", encoding="utf-8") as fh:
+            fh.write(result.csv_text())
+    if plot_path:
+        from mergekit_kinship.heatmap import plot_matrix
+
+        plot_matrix(result, plot_path)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(
+            f"kinship matrix of {len(result.names)} models (deltas from {result.base}): "
+            f"{result.n_params:,} parameters in {result.n_tensors} tensors"
+        )
+        for m in result.metrics:
+            click.echo("")
+            click.echo(f"{m}  (mean over pairs {_fmt(result.mean(m), m)})")
+            rows = [[name, *[_fmt(v, m) for v in row]] for name, row in zip(result.names, result.values[m])]
+            click.echo(_table(["", *result.names], rows))
+    for path, what in ((csv_path, "csv"), (plot_path, "heatmap")):
+        if path:
+            click.echo(f"wrote {what} to {path}", err=True)
+    sys.stdout.flush()

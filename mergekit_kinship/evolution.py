@@ -57,6 +57,7 @@ class PoolModel:
     fitness: Optional[float] = None
     gain: Optional[float] = None
     seed: Optional[int] = None
+    external: bool = False  # merged outside this tool (``plan`` + an imported scores file)
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "kind": self.kind, "hub_id": self.hub_id,
@@ -145,19 +146,21 @@ class Run:
     def model_path(self, model_id: str) -> str:
         """A loadable reference for a pool model; a pruned child is merged again first."""
         m = self.pool[model_id]
-        if m.kind == "child":
-            from mergekit_kinship.executors.job import ensure_merged
+        if m.kind != "child" or m.external:
+            return m.path
+        from mergekit_kinship.executors.job import ensure_merged, merge_done
 
+        folder = self.rd.model_dir(m.id)
+        if not merge_done(folder, m.id, m.identity):
             for parent in m.parents:  # parents of a pruned child may be pruned too
                 self.model_path(parent)
             ensure_merged(self.job(m))
-            return str(self.rd.model_dir(m.id))
-        return m.path
+        return str(folder)
 
     def job(self, m: PoolModel):
         from mergekit_kinship.executors.job import ChildJob
 
-        path = str(self.rd.model_dir(m.id)) if m.kind == "child" else m.path
+        path = str(self.rd.model_dir(m.id)) if m.kind == "child" and not m.external else m.path
         return ChildJob(run_dir=str(self.rd.path), model_id=m.id, identity=m.identity,
                         model_path=path, score_key=self.score_key(m.identity),
                         evaluation=self.recipe.evaluation.model_dump(mode="json"),
@@ -210,7 +213,9 @@ class Run:
 
     def _ref(self, model_id: str) -> str:
         m = self.pool[model_id]
-        return str(self.rd.model_dir(m.id)) if m.kind == "child" else m.path
+        if m.kind == "child" and m.path is None:
+            return str(self.rd.model_dir(m.id))
+        return m.path
 
     def _label(self, model_id: str) -> str:
         m = self.pool[model_id]
@@ -275,14 +280,17 @@ class Run:
 
 def default_kinship(paths: dict[str, str], base: str, metrics: list[str],
                     pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, float]]:
-    """Kinship through :func:`mergekit_kinship.kinship.kinship_matrix` (streams each model once)."""
-    from mergekit_kinship.kinship import kinship_matrix
+    """Kinship through :func:`mergekit_kinship.kinship.kinship_matrix` (reads each model once,
+    float64 accumulators, memory bounded by a block of tensors)."""
+    from mergekit_kinship.kinship import kinship_matrix, parse_metrics
 
     names = list(paths)
     index = {n: i for i, n in enumerate(names)}
-    result = kinship_matrix([paths[n] for n in names], base, metrics=tuple(metrics),
+    canonical = dict(zip(metrics, parse_metrics(metrics)))  # cs -> cosine, ed -> euclidean
+    result = kinship_matrix([paths[n] for n in names], base, metrics=tuple(canonical.values()),
                             pairs=[(index[a], index[b]) for a, b in pairs], progress=False)
-    return {(a, b): {m: result.values[m][index[a]][index[b]] for m in metrics} for a, b in pairs}
+    return {(a, b): {m: result.values[c][index[a]][index[b]] for m, c in canonical.items()}
+            for a, b in pairs}
 
 
 def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: str = "local",
@@ -400,3 +408,211 @@ def generation_table(summary: dict, index: int) -> str:
 
 def print_table(summary: dict, record: dict, stream=sys.stdout) -> None:
     print(generation_table(summary, record["index"]), file=stream, flush=True)
+
+
+# --- plan: the next generation from what is known, executing nothing --------------------------
+
+SCORES_FILE_HELP = """\
+# Scores file for `mergekit-kinship plan --scores FILE` (YAML or JSON).
+# One entry per model you evaluated elsewhere: a foundation model by its recipe name, or a
+# planned child by its name (g1-2) or id (c-...). Scores are per task of the recipe's
+# `evaluation.tasks`, as lm-eval reports them (0..1). Children also give the folder that
+# `mergekit-yaml` wrote, so that kinship can be measured from their weights.
+format: 1
+models:
+  MODEL_NAME:
+    scores: {TASK: 0.0}
+  g1-1:
+    path: /where/mergekit-yaml/wrote/g1-1
+    scores: {TASK: 0.0}
+"""
+
+
+def _planned_children(rd: RunDir) -> list[dict]:
+    """Children written by earlier ``plan`` calls, generation by generation."""
+    import json
+
+    out = []
+    for f in sorted(rd.plan_dir.glob("gen-*/plan.json"), key=lambda p: int(p.parent.name[4:])):
+        out.extend(json.loads(f.read_text())["children"])
+    return out
+
+
+def _import_scores(run: Run, scores_file: Path) -> None:
+    """Record scores (and folders) of models evaluated elsewhere, keyed like our own scores."""
+    from mergekit_kinship.evaluation import fitness
+
+    try:
+        data = yaml.safe_load(Path(scores_file).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{scores_file}: cannot read scores file ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise UserError(f"{scores_file}: expected a mapping with 'models:' (see plan --help)")
+    by_name = {m.name: m for m in run.pool.values()} | dict(run.pool)
+    tasks = run.recipe.evaluation.tasks
+    for name, entry in data["models"].items():
+        m = by_name.get(str(name))
+        if m is None:
+            raise UserError(f"{scores_file}: models.{name}: not a foundation model or planned child")
+        if not isinstance(entry, dict) or not isinstance(entry.get("scores"), dict):
+            raise UserError(f"{scores_file}: models.{name}.scores: a mapping task -> score")
+        missing = [t for t in tasks if t not in entry["scores"]]
+        if missing:
+            raise UserError(f"{scores_file}: models.{name}.scores: no score for {', '.join(missing)}")
+        if m.kind == "child" and not m.external and m.path is None:
+            path = entry.get("path")
+            if not path or not Path(path, "config.json").is_file():
+                raise UserError(f"{scores_file}: models.{name}.path: the folder mergekit-yaml "
+                                f"wrote for this child (with config.json)")
+            m.path, m.external = str(Path(path).resolve()), True
+            run.rd.append({"event": "external", "child": m.id, "path": m.path})
+        scores = {t: float(entry["scores"][t]) for t in tasks}
+        key = run.score_key(m.identity)
+        record = {"score_key": key, "model": m.id, "identity": m.identity, "imported": str(scores_file),
+                  "result": {"scores": scores, "fitness": fitness(scores, run.recipe.evaluation),
+                             "lm_eval_version": run.fingerprint.get("lm_eval_version"),
+                             "seconds": 0.0}}
+        run.rd.write_json(run.rd.score_path(key), record)
+        run.rd.append({"event": "scores-imported", "model": m.id, "score_key": key})
+
+
+def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path] = None,
+              kinship_fn: Optional[KinshipFn] = None, progress: bool = True) -> dict[str, Any]:
+    """Work out the next generation from the pool's known scores and kinship; merge nothing.
+
+    The pool is the foundation models, the children ``evolve`` finished in this run directory,
+    and the children of earlier plans whose folders and scores were imported (``scores_file``,
+    format in :data:`SCORES_FILE_HELP`). Writes ``RUN/plan/gen-N/<child>.yaml`` (each runs
+    unchanged with ``mergekit-yaml``) and ``RUN/plan/gen-N/plan.json``; returns the plan.
+    Generation 1 needs no scores (parents then stay in recipe order: without scores, no model
+    is known to be fitter); later generations need a score for every model of the pool.
+    """
+    import json
+
+    rd = RunDir(run_dir)
+    with rd:
+        rd.write_text(rd.recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        run = Run(recipe, rd, kinship_fn, progress)
+        run.add_foundation()
+        summary_models = {}
+        if rd.summary_path.exists():
+            summary_models = json.loads(rd.summary_path.read_text()).get("models", {})
+        for cid, entry in summary_models.items():  # children evolve finished here
+            if entry["kind"] == "child" and rd.model_dir(cid).exists():
+                run.pool[cid] = PoolModel(
+                    id=cid, name=entry["name"], kind="child", identity=entry["identity"],
+                    path=str(rd.model_dir(cid)), generation=entry["generation"],
+                    parents=entry["parents"], exploration=entry["exploration"],
+                    method=entry["method"], yaml=entry["yaml"],
+                    parents_kinship=entry["parents_kinship"])
+        external = {e["child"]: e["path"] for e in rd.events("external")}
+        for entry in _planned_children(rd):  # children of earlier plans
+            if entry["id"] not in run.pool:
+                run.pool[entry["id"]] = PoolModel(
+                    id=entry["id"], name=entry["name"], kind="child", identity=entry["id"],
+                    path=external.get(entry["id"]), generation=entry["generation"],
+                    parents=entry["parents"], exploration=entry["exploration"],
+                    method=entry["method"], yaml=entry["yaml"],
+                    parents_kinship=entry["parents_kinship"], external=entry["id"] in external)
+        if scores_file is not None:
+            _import_scores(run, scores_file)
+        # Only children with a folder and a score are in the pool; the rest are still pending.
+        pending = []
+        for m in list(run.pool.values()):
+            record = run.rd.read_score(run.score_key(m.identity))
+            if record is not None:
+                m.scores = record["result"]["scores"]
+            if m.kind == "child" and (record is None or m.path is None):
+                pending.append(m.name)
+                del run.pool[m.id]
+        unscored = [m.name for m in run.pool.values() if m.kind == "foundation" and not m.scores]
+        generation = 1 + max((m.generation for m in run.pool.values()), default=0)
+        if pending:
+            raise UserError(f"children planned but not merged and scored yet: {', '.join(pending)}; "
+                            f"give their folders and scores with --scores FILE")
+        from mergekit_kinship.evaluation import fitness
+
+        for m in run.pool.values():
+            m.fitness = fitness(m.scores, recipe.evaluation) if m.scores else 0.0
+        if generation > 1 and unscored:
+            raise UserError(f"no scores for {', '.join(unscored)}; evaluate them and give the "
+                            f"scores with --scores FILE")
+        for m in run.pool.values():
+            if m.kind == "child":
+                run.merged_pairs.add(frozenset(m.parents))
+                m.gain = m.fitness - sum(run.pool[p].fitness for p in m.parents) / 2
+        run.measure_kinship(list(run.pool))
+        candidates = plan_generation(recipe.strategy, run.state(generation), run.merges_left())
+        children = [run.make_child(c, generation, i + 1) for i, c in enumerate(candidates)]
+        out_dir = rd.plan_dir / f"gen-{generation}"
+        entries = []
+        for child in children:
+            rd.write_text(out_dir / f"{child.name}.yaml", child.yaml)
+            entries.append({"id": child.id, "name": child.name, "generation": generation,
+                            "parents": child.parents,
+                            "parent_names": [run.pool[p].name for p in child.parents],
+                            "exploration": child.exploration, "method": child.method,
+                            "yaml_file": str(out_dir / f"{child.name}.yaml"), "yaml": child.yaml,
+                            "parents_kinship": child.parents_kinship})
+        survivors = top_k(list(run.pool), run.state(generation).fitness, recipe.top_k)
+        plan = {"format": 1, "generation": generation, "strategy": recipe.strategy,
+                "top_k": survivors if not unscored else None,
+                "scored": not unscored, "merges_so_far": run.merges_done(),
+                "children": entries, "scores_file_format": SCORES_FILE_HELP}
+        rd.write_json(out_dir / "plan.json", plan)
+        rd.append({"event": "planned", "generation": generation,
+                   "children": [c.id for c in children]})
+        return plan
+
+
+def dry_run(recipe_path: str | Path, strategy: Optional[str] = None) -> dict[str, Any]:
+    """Validate a recipe without reading any weights or touching the network.
+
+    Checks the schema (unknown keys, merge parameters per method), the evaluation settings
+    against lm-eval's task index (local and built-in task YAML only), and that a child YAML built
+    from the template parses with mergekit's own schema. Local model folders that do not exist
+    yet are reported, not errors (a family may be built later).
+    """
+    import itertools
+
+    from mergekit_kinship.evaluation import validate_evaluation
+    from mergekit_kinship.merging import child_config, render_yaml, validate_yaml
+    from mergekit_kinship.recipe import load_recipe, missing_local_models
+
+    recipe = load_recipe(recipe_path)
+    if strategy is not None:
+        recipe = recipe.model_copy(update={"strategy": strategy})
+    validate_evaluation(recipe.evaluation)
+    refs = [Run.model_path_of_spec(m) for m in recipe.models]
+    ancestor = Run.model_path_of_spec(recipe.base)
+    pairs = list(itertools.combinations(range(len(refs)), 2))
+    example = render_yaml(child_config(recipe.merge, refs[0], refs[1], ancestor))
+    validate_yaml(example)
+    missing = missing_local_models(recipe)
+    role = {"parent_a": "parent A", "ancestor": "the shared ancestor", "none": "none"}
+    ev = recipe.evaluation
+    lines = [
+        f"recipe OK: {recipe_path}",
+        f"  base (ancestor): {recipe.base.reference}",
+        *[f"  foundation: {m.display_name} = {m.reference}" for m in recipe.models],
+        f"  strategy {recipe.strategy}, top-k {recipe.top_k}, kinship metric {recipe.metric}, "
+        f"seed {recipe.seed}",
+        f"  merge: {recipe.merge.method} ({recipe.merge.dtype}), base_model = "
+        f"{role[recipe.merge.base_role]}",
+        f"  evaluation: {', '.join(ev.tasks)} (backend {ev.backend}, num_fewshot "
+        f"{ev.num_fewshot}, limit {ev.limit})",
+        f"  stopping: top-k unchanged; max {recipe.stopping.max_generations} generations"
+        + (f"; max {recipe.stopping.max_merges} merges" if recipe.stopping.max_merges else "")
+        + (f"; saturation pcc > {recipe.stopping.saturation}" if recipe.stopping.saturation
+           is not None else ""),
+        f"  generation 1 merges {len(pairs)} pairs: "
+        + ", ".join(f"{recipe.models[i].display_name} x {recipe.models[j].display_name}"
+                    for i, j in pairs),
+        *[f"  not built yet: {p}" for p in missing],
+        "  example child YAML (parses with mergekit):",
+        *["    " + line for line in example.splitlines()],
+    ]
+    return {"recipe": recipe.to_dict(), "missing_models": missing, "example_yaml": example,
+            "generation_1_pairs": [[recipe.models[i].display_name, recipe.models[j].display_name]
+                                   for i, j in pairs],
+            "text": "\n".join(lines)}

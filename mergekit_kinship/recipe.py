@@ -113,8 +113,8 @@ class ConditionalValue(BaseModel):
     """One entry of a mergekit parameter list: a value for the tensors that match ``filter``."""
 
     model_config = ConfigDict(extra="forbid")
-    value: ScalarOrGradient
     filter: Optional[str] = None
+    value: ScalarOrGradient
 
 
 ParameterValue = Union[ScalarOrGradient, list[ConditionalValue], ConditionalValue]

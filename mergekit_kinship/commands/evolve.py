@@ -1,0 +1,75 @@
+"""``mergekit-kinship evolve``: run the kinship-guided Top-k greedy merge loop to its stopping rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+
+def prepare(recipe_path: str, strategy: str | None = None, max_generations: int | None = None,
+            max_merges: int | None = None):
+    """Load and validate a recipe for a run (overrides from flags); checks models and tasks."""
+    from mergekit_kinship.errors import UserError
+    from mergekit_kinship.recipe import load_recipe, missing_local_models
+
+    recipe = load_recipe(recipe_path)
+    updates = {}
+    if strategy is not None:
+        updates["strategy"] = strategy
+    stopping = {}
+    if max_generations is not None:
+        stopping["max_generations"] = max_generations
+    if max_merges is not None:
+        stopping["max_merges"] = max_merges
+    if stopping:
+        updates["stopping"] = recipe.stopping.model_copy(update=stopping)
+    if updates:
+        recipe = recipe.model_copy(update=updates)
+    missing = missing_local_models(recipe)
+    if missing:
+        raise UserError(f"{recipe_path}: not a model folder (no config.json): {missing[0]}")
+    # A stand-in evaluator (tests) knows its own tasks; lm-eval validates real ones up front.
+    if not os.environ.get("MERGEKIT_KINSHIP_EVALUATOR"):
+        from mergekit_kinship.evaluation import validate_evaluation
+
+        validate_evaluation(recipe.evaluation)
+    return recipe
+
+
+@click.command("evolve")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory: YAML, weights, scores, journal, summary.json.")
+@click.option("--strategy", type=click.Choice(["kinship", "greedy", "random"]),
+              help="Override the recipe's strategy.")
+@click.option("--keep", type=click.Choice(["best", "survivors", "all"]), default="all",
+              show_default=True, help="Which children's weights stay on disk when the run stops.")
+@click.option("--max-generations", type=click.IntRange(min=1), help="Override stopping.max_generations.")
+@click.option("--max-merges", type=click.IntRange(min=1), help="Override stopping.max_merges.")
+@click.option("--executor", default="local", show_default=True, help="Where children are merged and scored.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, executor, as_json):
+    """Merge, score and select until the stopping rule: Algorithm 1 of arXiv 2410.12613.
+
+    Prints a table per generation (child, parents, parents' kinship, scores, gain over the
+    parents' mean, best so far) and writes RUN_DIR/summary.json after every generation.
+    Interrupt it at any time; running it again on the same RUN_DIR continues where it stopped,
+    redoing no finished merge or evaluation.
+    """
+    from mergekit_kinship.evolution import evolve, print_table
+
+    validated = prepare(recipe, strategy, max_generations, max_merges)
+    table_stream = sys.stderr if as_json else sys.stdout
+    summary = evolve(validated, run_dir, keep=keep, executor=executor,
+                     on_generation=lambda s, r: print_table(s, r, table_stream))
+    best = summary["models"][summary["best"]]
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        click.echo(f"stopped: {summary['stopped']} after {len(summary['generations'])} generations, "
+                   f"{summary['merges']} merges; best {best['name']} ({summary['best']}) "
+                   f"fitness {best['fitness']:.4f} at {best['path'] or '(weights not kept)'}")
+        click.echo(f"summary: {os.path.join(os.path.abspath(run_dir), 'summary.json')}")

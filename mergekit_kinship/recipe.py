@@ -157,10 +157,18 @@ class MergeTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: str = "slerp"
     dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
-    parameters: dict[str, ParameterValue] = Field(
-        default_factory=lambda: {"t": [ConditionalValue(**c) for c in PAPER_SLERP_T]})
+    parameters: dict[str, ParameterValue] = Field(default_factory=dict)
     model_parameters: dict[str, ParameterValue] = Field(default_factory=dict)
     use_base: Optional[bool] = None  # nuslerp only: task vectors of the ancestor (default) or not
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_default(cls, data):
+        # The paper's t template is the default of a slerp merge only (and of no merge section).
+        if isinstance(data, dict) and data.get("method", "slerp") == "slerp" \
+                and "parameters" not in data:
+            data = {**data, "parameters": {"t": PAPER_SLERP_T}}
+        return data
 
     @model_validator(mode="after")
     def _check_method(self):

@@ -179,3 +179,28 @@ def test_fingerprint_follows_what_changes_a_score(tmp_path):
     data = copy / "tiny_mc_test.jsonl"
     data.write_text(data.read_text().replace('"1+1"', '"1+2"', 1))
     assert evaluation_fingerprint(settings(include_path=str(copy))) != base
+
+
+def test_scores_the_builtin_family_tasks(tmp_path):
+    """The built-in family's tasks (a custom_dataset loader beside the YAML) go through evaluate()."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mergekit_kinship.zoo.family import evaluation_settings
+    from mergekit_kinship.zoo.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    zoo = evaluation_settings()
+    result = evaluate(tmp_path, EvaluationSettings(tasks=zoo["tasks"], include_path=zoo["include_path"],
+                                                   num_fewshot=zoo["num_fewshot"], limit=5, device="cpu"))
+    assert set(result.scores) == set(zoo["tasks"]) and len(zoo["tasks"]) >= 2
+    assert result.samples == {task: 5 for task in zoo["tasks"]}
+    assert all(0.0 <= score <= 1.0 for score in result.scores.values())
+    assert result.fitness == pytest.approx(sum(result.scores.values()) / len(result.scores))

@@ -261,12 +261,13 @@ def _kind(name: str) -> str:
     if _HEAD.search(name):
         return "head"
     if _LAYER.search(name):
+        # norm first: "post_attention_layernorm" is a norm, not attention
+        if _NORM.search(name):
+            return "norm"
         if _ATTN.search(name):
             return "attention"
         if _MLP.search(name):
             return "mlp"
-        if _NORM.search(name):
-            return "norm"
         return "other"
     if _NORM.search(name):
         return "norm"
@@ -531,8 +532,10 @@ def _stream(items: list[_Item], sources: list[Model], source_names: list[str], p
     sub = CPU_SUBCHUNK if dev.type == "cpu" else BLOCK_BYTES
     reducer = _BlockReducer(n_models, sub, dev, pair_rows)
     groups: dict[str, _Moments] = {}
+    # Without an explicit disable=, tqdm's own TQDM_DISABLE environment variable still applies.
+    quiet = {} if progress else {"disable": True}
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="kinship",
-               file=sys.stderr, disable=not progress, leave=False)
+               file=sys.stderr, leave=False, **quiet)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(read, 0)
@@ -545,7 +548,6 @@ def _stream(items: list[_Item], sources: list[Model], source_names: list[str], p
                     raise _non_finite(item, blocks, source_names)
                 groups.setdefault(item.group, _Moments(n_models)).merge(count, *stats)
                 bar.update(sum(count * info.itemsize for info in item.infos))
-            # Let an error raised while reading ahead surface (there is none past the last job).
     finally:
         bar.close()
     return groups

@@ -4,6 +4,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 import pytest
 from click.testing import CliRunner
 
@@ -79,6 +81,49 @@ def synthetic_summary(run_dir: Path) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+_FINISHED_RUNS: dict[str, Path] = {}
+
+
+def finished_run(tmp_path_factory) -> Path:
+    """A real run directory: ``evolve`` (mergekit merges, kinship engine) on a tiny Llama family
+    to its stopping rule, scored by the deterministic stand-in evaluator of the evolution tests
+    (lm-eval on every child would cost minutes). Built once per test session (~15 s)."""
+    if "run" not in _FINISHED_RUNS:
+        from evolution_helpers import build_tiny_family
+
+        from mergekit_kinship.evolution import evolve
+        from mergekit_kinship.recipe import parse_recipe
+
+        root = tmp_path_factory.mktemp("finished_run")
+        paths = build_tiny_family(root)
+        recipe = parse_recipe({
+            "base": str(paths["base"]), "models": [str(paths[f"child{i}"]) for i in range(3)],
+            "merge": {"method": "slerp", "dtype": "float32"},
+            "evaluation": {"tasks": ["skill0", "skill1", "skill2"]},
+            "stopping": {"max_generations": 4, "saturation": 0.95},
+        }, root)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("EVOLVE_TEST_SKILLS", str(root))
+            patch.setenv("MERGEKIT_KINSHIP_EVALUATOR", "evolution_helpers:stand_in_evaluate")
+            evolve(recipe, root / "run", keep="survivors", progress=False)
+        _FINISHED_RUNS["run"] = root / "run"
+    return _FINISHED_RUNS["run"]
+
+
+def parents_from_yaml(run_dir: Path, summary: dict) -> dict[str, list[str]]:
+    """{child id: parent ids} read from the mergekit YAML files the run wrote (RUN/yaml/<id>.yaml),
+    not from the summary: a parent is recognised by its folder."""
+    by_path = {m["path"]: i for i, m in summary["models"].items() if m["kind"] == "foundation"}
+    by_path.update({str(run_dir / "models" / i): i for i, m in summary["models"].items() if m["kind"] == "child"})
+    parents = {}
+    for path in sorted((run_dir / "yaml").glob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        refs = [config["base_model"]] if config.get("base_model") else []
+        refs += [m["model"] for m in config["models"] if m["model"] not in refs]
+        parents[path.stem] = [by_path[str(Path(r).resolve())] for r in refs]
+    return parents
 
 
 @pytest.fixture
@@ -211,3 +256,29 @@ def test_push_fails_clearly_offline_and_when_not_logged_in(run, tmp_path, monkey
     assert "Error: --push-to-hub: not logged in" in anonymous.output
     bad_repo = runner.invoke(main, ["card", str(run_dir), "g3x", "--push-to-hub", "/abs/path"])
     assert bad_repo.exit_code == 2 and "is not a Hub repo id" in bad_repo.output
+
+
+def test_cards_of_a_finished_run_follow_its_mergekit_configs(tmp_path_factory, tmp_path):
+    from huggingface_hub import ModelCard
+
+    run_dir = finished_run(tmp_path_factory)
+    summary = load_summary(run_dir)
+    models = summary["models"]
+    on_disk = parents_from_yaml(run_dir, summary)
+    children = [i for i, m in models.items() if m["kind"] == "child"]
+    assert sorted(on_disk) == sorted(children) and len(children) >= 6
+    for child in children:
+        card = ModelCard.load(write_card(summary, child, tmp_path / child / "README.md"))
+        # Lineage: the tree in the card, against the parents each mergekit YAML names.
+        expected = {}
+        stack = [child]
+        while stack:
+            node = stack.pop()
+            if node in on_disk and models[node]["name"] not in expected:
+                expected[models[node]["name"]] = [models[p]["name"] for p in on_disk[node]]
+                stack.extend(on_disk[node])
+        assert parse_tree(card.text) == expected, child
+        assert (run_dir / "yaml" / f"{child}.yaml").read_text() in card.text
+        data = card.data.to_dict()
+        assert "base_model" not in data  # every ancestor is a local folder
+        assert {r.dataset_name for r in card.data.eval_results} == {"skill0", "skill1", "skill2"}

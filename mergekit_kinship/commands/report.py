@@ -1,0 +1,43 @@
+"""``mergekit-kinship report RUN_DIR``: one self-contained HTML report of an evolution run."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Where to write the HTML file [default: RUN_DIR/report.html].")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+def report_cmd(run_dir, out_path, as_json):
+    """Write an HTML report of RUN_DIR: fitness per generation, kinship heatmaps of the pool and of
+    the final top-k, the family tree, kinship against merge gain (Pearson r, p) and a saturation
+    warning. Images are embedded: the file stands alone."""
+    import json
+
+    from mergekit_kinship.card import load_summary
+    from mergekit_kinship.report import kinship_gain_statistics, saturation, write_report
+
+    written = write_report(run_dir, out_path)
+    summary = load_summary(run_dir)
+    stats = kinship_gain_statistics(summary)
+    sat = saturation(summary)
+    if as_json:
+        click.echo(json.dumps({
+            "report": str(written),
+            "merges": stats["n"],
+            "kinship_vs_gain": stats["gain"] and {"r": stats["gain"][0], "p": stats["gain"][1]},
+            "kinship_vs_abs_gain": stats["abs_gain"] and {"r": stats["abs_gain"][0], "p": stats["abs_gain"][1]},
+            "saturated": sat["saturated"],
+            "top_k_mutual_pcc": sat["last"],
+        }))
+        return
+    click.echo(f"report written to {written}")
+    for key, label in (("gain", "gain"), ("abs_gain", "|gain|")):
+        if stats[key]:
+            r, p = stats[key]
+            click.echo(f"{stats['metric']} vs {label} over {stats['n']} merges: r = {r:+.3f}, p = {p:.3g}")
+    if sat["saturated"]:
+        click.echo(f"warning: the top-k's mutual PCC {sat['last']:.3f} is above {sat['threshold']:.2f}: "
+                   f"the family is saturated", err=True)

@@ -37,8 +37,7 @@ def plot_matrix(matrix, path, metrics=None) -> Path:
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if hi - lo < 1e-12:
             lo, hi = lo - 0.5, hi + 0.5
-        cmap = matplotlib.colormaps["viridis_r" if metric == "euclidean" else "viridis"].copy()
-        cmap.set_bad("#d9d9d9")
+        cmap = matplotlib.colormaps["viridis_r" if metric == "euclidean" else "viridis"].with_extremes(bad="#d9d9d9")
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=lo, vmax=hi)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         ax.set_xticks(range(n), matrix.names, rotation=45, ha="right", fontsize=8)
@@ -49,7 +48,7 @@ def plot_matrix(matrix, path, metrics=None) -> Path:
                 if v is None:
                     text, colour = "–", "black"
                 else:
-                    text = f"{v:.3g}" if metric == "euclidean" else f"{v:.2f}"
+                    text = f"{v:.3g}" if metric == "euclidean" else f"{v:.2f}".replace("-0.00", "0.00")
                     if i == j or not math.isfinite(grid[i, j]):
                         colour = "black"
                     else:

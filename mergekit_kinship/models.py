@@ -375,11 +375,11 @@ def check_compatible(models: list[Model], base: Model) -> None:
     for model in models:
         if model.architecture and base.architecture and model.architecture != base.architecture:
             raise UserError(
-                f"model {model.name} is a {model.architecture}, the base {base.name} a {base.architecture}: "
+                f"model '{model.name}' is a {model.architecture} but the base '{base.name}' is a {base.architecture}: "
                 "kinship compares fine-tunes of one base"
             )
         if model.hidden_size and base.hidden_size and model.hidden_size != base.hidden_size:
             raise UserError(
-                f"model {model.name} has hidden size {model.hidden_size}, the base {base.name} "
+                f"model '{model.name}' has hidden size {model.hidden_size} but the base '{base.name}' has "
                 f"{base.hidden_size}: kinship compares fine-tunes of one base"
             )

@@ -421,6 +421,14 @@ def default_card_path(run_dir: str | os.PathLike, summary: dict, model_id: str) 
     return Path(run_dir) / "cards" / model_id / "README.md"
 
 
+def write_cards(run_dir: str | os.PathLike, summary: dict) -> dict[str, Path]:
+    """Write the card of every child of ``summary`` to :func:`default_card_path` (its model folder
+    when the weights are kept, else ``RUN_DIR/cards/<id>/README.md``). Returns id -> path."""
+    check_summary(summary)
+    return {model_id: write_card(summary, model_id, default_card_path(run_dir, summary, model_id))
+            for model_id, model in summary["models"].items() if model["kind"] == "child"}
+
+
 # ---------------------------------------------------------------------------------- the Hub
 
 

@@ -408,6 +408,11 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
     model_path = Path(model_path)
     if not model_path.is_dir():
         raise UserError(f"model {model_path} is not a folder")
+    if "tokenizer" not in settings.model_args and not any(
+        (model_path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    ):
+        raise UserError(f"model {model_path} has no tokenizer files (lm-eval needs one; "
+                        f"or name one with evaluation.model_args.tokenizer)")
     validate_evaluation(settings)
     manager = task_manager_for(settings)
 

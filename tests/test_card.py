@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import yaml
@@ -9,7 +10,7 @@ import yaml
 import pytest
 from click.testing import CliRunner
 
-from mergekit_kinship.card import build_card, hub_ancestors, lineage, load_summary, write_card
+from mergekit_kinship.card import build_card, hub_ancestors, lineage, load_summary, write_card, write_cards
 from mergekit_kinship.cli import main
 from mergekit_kinship.errors import UserError
 
@@ -282,3 +283,22 @@ def test_cards_of_a_finished_run_follow_its_mergekit_configs(tmp_path_factory, t
         data = card.data.to_dict()
         assert "base_model" not in data  # every ancestor is a local folder
         assert {r.dataset_name for r in card.data.eval_results} == {"skill0", "skill1", "skill2"}
+
+
+def test_write_cards_covers_every_child_kept_or_not(tmp_path_factory, tmp_path):
+    run_dir = finished_run(tmp_path_factory)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    summary = load_summary(copy)
+    # Point the summary at the copy so that no card lands in the shared run.
+    for model in summary["models"].values():
+        if model["path"] and model["path"].startswith(str(run_dir)):
+            model["path"] = str(copy) + model["path"][len(str(run_dir)):]
+    written = write_cards(copy, summary)
+    children = {i for i, m in summary["models"].items() if m["kind"] == "child"}
+    assert set(written) == children
+    kept = {i for i in children if summary["models"][i]["path"]}
+    assert kept and kept != children  # --keep survivors pruned some weights
+    for model_id, path in written.items():
+        where = copy / "models" / model_id if model_id in kept else copy / "cards" / model_id
+        assert path == where / "README.md" and path.is_file()

@@ -133,6 +133,15 @@ def test_settings_naming_unknown_things_are_user_errors(overrides, message):
         validate_evaluation(settings(**overrides))
 
 
+def test_model_without_tokenizer_is_a_user_error(tiny_model, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
+    with pytest.raises(UserError, match="has no tokenizer files"):
+        evaluate(bare, settings())
+    with pytest.raises(UserError, match="is not a folder"):
+        evaluate(tmp_path / "missing", settings())
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
 def test_vllm_backend_without_vllm_is_a_user_error(tiny_model):
     with pytest.raises(UserError, match="evaluation.backend: vllm is not installed"):

@@ -149,6 +149,10 @@ def _number(value, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _label(summary: dict, model_id: str) -> str:
     """One line that says what a model is, for the lineage tree."""
     model = summary["models"][model_id]
@@ -344,8 +348,8 @@ def card_body(summary: dict, model_id: str) -> str:
             f"It is a generation-{model['generation']} `{model.get('method') or '?'}` merge of "
             f"{parents} (parents' kinship {_kinship_text(model.get('parents_kinship'))}"
             f"{'; the exploration merge of its generation' if model.get('exploration') else ''}), "
-            f"descending from {len([m for m in members if models[m]['kind'] == 'foundation'])} "
-            f"foundation models through {len(merges)} merges."
+            f"descending from {_count(len([m for m in members if models[m]['kind'] == 'foundation']), 'foundation model')} "
+            f"through {_count(len(merges), 'merge')}."
         )
     else:
         intro += "It is a foundation model of the run (not a merge)."

@@ -192,8 +192,8 @@ def fitness_figure(summary: dict) -> str | None:
     if not xs:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    ax.plot(xs, best, "o-", color="#1f6feb", label="best fitness")
-    ax.plot(xs, mean, "s--", color="#8b949e", label="mean fitness")
+    ax.plot(xs, best, "o-", color="#1f6feb", label="best fitness of the pool")
+    ax.plot(xs, mean, "s--", color="#8b949e", label="mean fitness of the generation's models")
     if foundation_fitness:
         ax.axhline(max(foundation_fitness), color="#d29922", lw=1, ls=":", label="best foundation model")
     for x, y in zip(xs, best):
@@ -205,7 +205,7 @@ def fitness_figure(summary: dict) -> str | None:
     ax.set_ylabel("fitness")
     ax.set_title("Fitness per generation")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     return _png(fig)
 
 
@@ -260,12 +260,11 @@ def _tree_layout(summary: dict) -> dict[str, tuple[float, int]]:
     x: dict[str, float] = {}
     for generation in sorted(by_generation):
         members = by_generation[generation]
-        if generation == min(by_generation):
-            members.sort()
-        else:
+        if generation != min(by_generation):  # the first generation keeps the summary's order
             def key(m):
                 parents = [x[p] for p in models[m]["parents"] if p in x]
                 return (sum(parents) / len(parents) if parents else 0.0, m)
+
             members.sort(key=key)
         for i, m in enumerate(members):
             x[m] = i - (len(members) - 1) / 2
@@ -480,7 +479,7 @@ def render_report(summary: dict, title: str = "mergekit-kinship run") -> str:
     rows = [[str(g["index"]), str(len(g.get("children", []))), ", ".join(name(m) for m in g.get("top_k", [])),
              name(g["best"]) if g.get("best") else "–", _num(g.get("best_fitness")), _num(g.get("mean_fitness")),
              _num(g.get("top_k_mutual_pcc"))] for g in generations]
-    parts.append(_table(["generation", "children", "top-k", "best", "best fitness", "mean fitness",
+    parts.append(_table(["generation", "children", "top-k", "best", "best fitness", "mean fitness of its children",
                          "top-k mutual PCC"], rows, numeric={0, 1, 4, 5, 6}))
 
     metric = (summary.get("metric") or "pcc").upper()

@@ -10,13 +10,14 @@ compared weight into one global vector (Hu et al., arXiv 2410.12613, §4.1). Kin
 All three are global: computed from exact float64 moments of the whole vectors, never as averages
 of per-tensor values. One streaming pass reads each model's tensors once, whatever the number of
 pairs: the weights are read in blocks of at most ``BLOCK_BYTES`` per model, and each block is
-reduced in float64 sub-chunks (``CPU_SUBCHUNK`` elements, small enough to stay in cache) to its
-means, centred co-moments and squared distances, which are merged into running totals with Chan's
-pairwise formula. Centring every sub-chunk keeps PCC free of the catastrophic cancellation of
-``Σxy/n − x̄ȳ``; squared distances come from the centred moments and, where they cancel (two
-near-identical models), are recomputed directly from the block. Peak scratch memory is two I/O
-buffers of ``BLOCK_BYTES`` per model (read-ahead) plus N sub-chunks in float64, independent of
-the number and size of the tensors.
+reduced in float64 sub-chunks (``CPU_SUBCHUNK`` elements, small enough to stay in cache) to sums
+and a Gram matrix, hence to means, centred co-moments and squared distances, which are merged
+into running totals with Chan et al.'s pairwise formula. PCC never uses the cancelling
+``Σxy/n − x̄ȳ`` over the whole vector: co-moments are centred per sub-chunk, and a sub-chunk whose
+mean dominates its spread is centred explicitly. Squared distances come from the Gram matrix and,
+where they cancel (two near-identical models), are recomputed directly from the block. Peak
+scratch memory is ``workers + 1`` I/O buffers of ``BLOCK_BYTES`` per model plus N float64
+sub-chunks per worker, independent of the number and size of the tensors.
 
 The models must be fine-tunes of one base: same architecture, hidden size and tensor shapes. A
 model with more vocabulary rows than the base (added tokens) is compared on the rows it shares with
@@ -590,7 +591,10 @@ def _non_finite(item: _Item, blocks, source_names) -> UserError:
 class _BlockReducer:
     """Reduces one block (the same element range of base and N models) to exact float64 moments.
 
-    Scratch: one float64 row of ``sub`` elements per model plus one for the base, on ``dev``.
+    Per sub-chunk of ``sub`` elements: deltas in float64, their sums and their raw Gram matrix
+    (one GEMM). The centred co-moments follow as G − n·m mᵀ, which is exact to ~1e-13 unless a
+    sub-chunk's mean dominates its spread; such sub-chunks (rare: deltas are centred near zero) are
+    reduced again with explicit centring. Scratch: N+1 float64 rows of ``sub`` elements on ``dev``.
     """
 
     def __init__(self, n_models: int, sub: int, dev: torch.device, pair_rows):
@@ -607,54 +611,58 @@ class _BlockReducer:
             self.b = torch.empty(size, dtype=torch.float64, device=self.dev)
         return self.D, self.b
 
+    def _deltas(self, base, models, s: int, e: int) -> torch.Tensor:
+        d, bb = self.D[:, : e - s], self.b[: e - s]
+        bb.copy_(base[s:e])
+        for row, model in enumerate(models):
+            d[row].copy_(model[s:e])
+        return d.sub_(bb)
+
     def reduce(self, blocks: list[torch.Tensor], count: int):
         """(mean, C, E) of the block's deltas, or None if any value is NaN or Inf."""
         if self.dev.type != "cpu":
             blocks = [b.to(self.dev, non_blocking=False) for b in blocks]
         base, models = blocks[0], blocks[1:]
         sub = min(self.sub, count)
-        D, b = self._scratch(sub)
-        n_sub = (count + sub - 1) // sub
-        ms = torch.empty(n_sub, self.n, dtype=torch.float64, device=self.dev)
-        Cs = torch.empty(n_sub, self.n, self.n, dtype=torch.float64, device=self.dev)
-        ns = torch.empty(n_sub, dtype=torch.float64, device=self.dev)
-        for k, s in enumerate(range(0, count, sub)):
-            e = min(count, s + sub)
-            d, bb = D[:, : e - s], b[: e - s]
-            bb.copy_(base[s:e])
-            for row, model in enumerate(models):
-                d[row].copy_(model[s:e])
-            d.sub_(bb)
-            m = d.mean(dim=1)
-            d.sub_(m[:, None])
-            ms[k] = m
+        self._scratch(sub)
+        starts = range(0, count, sub)
+        sums = torch.empty(len(starts), self.n, dtype=torch.float64, device=self.dev)
+        Gs = torch.empty(len(starts), self.n, self.n, dtype=torch.float64, device=self.dev)
+        for k, s in enumerate(starts):
+            d = self._deltas(base, models, s, min(count, s + sub))
+            torch.sum(d, dim=1, out=sums[k])
+            torch.mm(d, d.T, out=Gs[k])
+        ns = torch.tensor([min(sub, count - s) for s in starts], dtype=torch.float64, device=self.dev)
+        ms = sums / ns[:, None]
+        Cs = Gs - ns[:, None, None] * ms[:, :, None] * ms[:, None, :]
+        if not bool(torch.isfinite(Cs).all()):
+            return None
+        raw, centred = Gs.diagonal(dim1=1, dim2=2), Cs.diagonal(dim1=1, dim2=2)
+        # G − n·m mᵀ loses log10(G_ii / C_ii) digits; past three, centre explicitly.
+        for k in torch.nonzero((raw > 1e3 * centred).any(1)).flatten().tolist():
+            s = starts[k]
+            d = self._deltas(base, models, s, min(count, s + sub))
+            d.sub_(ms[k][:, None])
             torch.mm(d, d.T, out=Cs[k])
-            ns[k] = e - s
-        mean = (ms * ns[:, None]).sum(0) / count
+        mean = sums.sum(0) / count
         dev_m = ms - mean
         C = Cs.sum(0) + torch.einsum("k,ki,kj->ij", ns, dev_m, dev_m)
-        if not bool(torch.isfinite(C).all()):
-            return None
-        # Σ(x_i − x_j)² per sub-chunk from its centred moments ...
-        diag = Cs.diagonal(dim1=1, dim2=2)
-        gap = ms[:, :, None] - ms[:, None, :]
-        Es = diag[:, :, None] + diag[:, None, :] - 2 * Cs + ns[:, None, None] * gap * gap
+        # Σ(x_i − x_j)² from the raw Gram, unless it cancels: then directly from the data.
+        Es = raw[:, :, None] + raw[:, None, :] - 2 * Gs
         E = Es.sum(0)
-        # ... unless it cancels: then directly from the data.
-        sq = diag + ns[:, None] * ms * ms
-        scale = sq[:, :, None] + sq[:, None, :]
+        scale = raw[:, :, None] + raw[:, None, :]
         bad = ((Es < _CANCELLATION_RATIO * scale) & self.pair_mask).any(0)
         if bool(bad.any()):
             for i, j in torch.nonzero(torch.triu(bad, 1)).tolist():
-                E[i, j] = E[j, i] = self._direct_sq_distance(models[i], models[j], count, D)
+                E[i, j] = E[j, i] = self._direct_sq_distance(models[i], models[j], count)
         return mean.cpu(), C.cpu(), E.clamp_min_(0).cpu()
 
-    def _direct_sq_distance(self, x: torch.Tensor, y: torch.Tensor, count: int, D: torch.Tensor) -> float:
+    def _direct_sq_distance(self, x: torch.Tensor, y: torch.Tensor, count: int) -> float:
         total = torch.zeros((), dtype=torch.float64, device=self.dev)
-        sub = D.shape[1]
+        sub = self.D.shape[1]
         for s in range(0, count, sub):
             e = min(count, s + sub)
-            a, c = D[0, : e - s], D[-1, : e - s]
+            a, c = self.D[0, : e - s], self.b[: e - s]
             a.copy_(x[s:e])
             c.copy_(y[s:e])
             a.sub_(c)

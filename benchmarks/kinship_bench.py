@@ -1,0 +1,322 @@
+"""Benchmark the streaming kinship engine against the naive reference approach and the read floor.
+
+    python benchmarks/kinship_bench.py                 # 0.5B-parameter bf16 family, base + 8 children
+    python benchmarks/kinship_bench.py --quick         # a 30M-parameter family, to try the script
+    python benchmarks/kinship_bench.py --write-md      # also write the table into BENCHMARKS.md
+
+It writes synthetic Llama-shaped, sharded bf16 checkpoints (random normal base; children = base +
+small noise, half of it shared) under benchmarks/_work/ (gitignored; reused when present), then
+measures, each in a fresh subprocess (wall time, peak RSS above the interpreter after its
+imports, GB/s of checkpoint bytes):
+
+- floor: reading the same bytes (base + 2 children) with ``readinto`` and nothing else;
+- engine: ``kinship(child_1, child_2, base)`` (all three metrics);
+- naive: the reference code's approach, three ``from_pretrained`` fp32 models, both deltas
+  concatenated, ``torch.corrcoef`` (skipped, and said so, when it would not fit in free memory);
+- the 8-model matrix vs the 28 pairwise ``kinship`` runs it replaces (one process each, start-up
+  not counted).
+
+Before each cold measurement the files are evicted from the page cache with
+``posix_fadvise(DONTNEED)`` (only our own files; nothing global is touched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work"
+MD = HERE.parent / "BENCHMARKS.md"
+START, END = "<!-- kinship-bench:start -->", "<!-- kinship-bench:end -->"
+
+FULL = dict(vocab_size=32000, hidden_size=1536, intermediate_size=4096, num_hidden_layers=16,
+            num_attention_heads=12, num_key_value_heads=4)
+QUICK = dict(vocab_size=8000, hidden_size=512, intermediate_size=1536, num_hidden_layers=6,
+             num_attention_heads=8, num_key_value_heads=4)
+SHARD_BYTES = 300 * 1024 * 1024
+
+
+def llama_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        shapes.update({
+            p + "self_attn.q_proj.weight": (h, h), p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (i, h), p + "mlp.up_proj.weight": (i, h), p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
+        })
+    return dict(sorted(shapes.items()))
+
+
+def n_params(cfg: dict) -> int:
+    total = 0
+    for shape in llama_shapes(cfg).values():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+    return total
+
+
+def write_family(cfg: dict, n_children: int, root: Path) -> list[Path]:
+    """base + children as sharded bf16 safetensors with a config.json transformers can load."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    spec = json.dumps({"cfg": cfg, "children": n_children, "version": 2}, sort_keys=True)
+    names = ["base"] + [f"child_{k}" for k in range(1, n_children + 1)]
+    paths = [root / n for n in names]
+    if (root / "spec.json").exists() and (root / "spec.json").read_text() == spec and all(
+        (p / "model.safetensors.index.json").exists() for p in paths
+    ):
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spec.json").unlink(missing_ok=True)
+    shapes = llama_shapes(cfg)
+    config = LlamaConfig(**cfg, max_position_embeddings=2048, tie_word_embeddings=False, torch_dtype="bfloat16")
+    # Random normal numbers are slow to draw on a busy CPU (~1 min per 0.5B), so every tensor is a
+    # slice of one pool of normals at an offset fixed by (model, tensor, role): the weights and the
+    # deltas are normal, and different roles of different children are (nearly) independent.
+    largest = max(math.prod(s) for s in shapes.values())
+    pool = torch.randn(largest + 2**22, generator=torch.Generator().manual_seed(0))
+
+    def normal(shape, *key):
+        n = math.prod(shape)
+        start = zlib.crc32(repr(key).encode()) % (pool.numel() - n + 1)
+        return pool[start : start + n].view(shape)
+
+    for k, path in enumerate(paths):
+        t0 = time.time()
+        path.mkdir(exist_ok=True)
+        for stale in path.glob("*.safetensors"):
+            stale.unlink()
+        config.save_pretrained(path)
+        shard, shard_bytes, weight_map, n_shard = {}, 0, {}, 0
+
+        def flush():
+            nonlocal shard, shard_bytes, n_shard
+            n_shard += 1
+            fname = f"model-{n_shard:05d}.safetensors"
+            save_file(shard, path / fname, metadata={"format": "pt"})
+            weight_map.update({t: fname for t in shard})
+            shard, shard_bytes = {}, 0
+
+        for name, shape in shapes.items():
+            w = normal(shape, name, "base") * (0.02 if len(shape) > 1 else 0.1) + (0 if len(shape) > 1 else 1)
+            if k:  # children: base + shared + own noise, the size of a fine-tune's delta
+                w += 2e-3 * normal(shape, name, "shared") + 2e-3 * normal(shape, name, "own", k)
+            shard[name] = w.to(torch.bfloat16)
+            shard_bytes += w.numel() * 2
+            del w
+            if shard_bytes >= SHARD_BYTES:
+                flush()
+        if shard:
+            flush()
+        # rename to the usual model-0000i-of-0000n names
+        final = {}
+        for i in range(1, n_shard + 1):
+            old, new = f"model-{i:05d}.safetensors", f"model-{i:05d}-of-{n_shard:05d}.safetensors"
+            os.replace(path / old, path / new)
+            final[old] = new
+        index = {"metadata": {"total_size": n_params(cfg) * 2}, "weight_map": {t: final[f] for t, f in weight_map.items()}}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        print(f"  wrote {path.name}: {n_shard} shards in {time.time() - t0:.1f} s", file=sys.stderr, flush=True)
+    (root / "spec.json").write_text(spec)
+    return paths
+
+
+def evict(paths) -> None:
+    """Drop our own files from the page cache, so the next read comes from disk."""
+    for path in paths:
+        for f in Path(path).glob("*.safetensors"):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def model_bytes(paths) -> int:
+    return sum(f.stat().st_size for p in paths for f in Path(p).glob("*.safetensors"))
+
+
+# Each measurement runs in its own interpreter: SETUP's imports happen, then RSS is sampled
+# (the "interpreter" baseline), then the timed BODY; the child prints one JSON line.
+_RUNNER = textwrap.dedent("""
+    import json, sys, time
+    import psutil
+    {setup}
+    rss0 = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    {body}
+    wall = time.perf_counter() - t0
+    # VmHWM: this process's peak resident set (ru_maxrss would count the forked parent's pages)
+    peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    print(json.dumps({{"wall": wall, "rss0": rss0, "peak_above": max(0, peak - rss0), "out": out}}))
+""")
+
+FLOOR = dict(
+    setup="import os",
+    body=textwrap.dedent("""
+        buf = bytearray(8 * 1024 * 1024); view = memoryview(buf); total = 0
+        for path in PATHS:
+            for name in sorted(os.listdir(path)):
+                if name.endswith(".safetensors"):
+                    with open(os.path.join(path, name), "rb", buffering=0) as fh:
+                        while (n := fh.readinto(view)):
+                            total += n
+        out = total
+    """),
+)
+ENGINE = dict(
+    setup="from mergekit_kinship.kinship import kinship",
+    body="out = kinship(PATHS[1], PATHS[2], PATHS[0], progress=False).values",
+)
+NAIVE = dict(
+    setup="import torch\nfrom transformers import AutoModelForCausalLM",
+    body=textwrap.dedent("""
+        base, m1, m2 = (AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32) for p in PATHS)
+        pb = dict(base.named_parameters())
+        d1 = torch.cat([(p - pb[n]).flatten() for n, p in m1.named_parameters()])
+        d2 = torch.cat([(p - pb[n]).flatten() for n, p in m2.named_parameters()])
+        out = {"pcc": float(torch.corrcoef(torch.stack([d1, d2]))[0, 1])}
+    """),
+)
+MATRIX = dict(
+    setup="from mergekit_kinship.kinship import kinship_matrix",
+    body="r = kinship_matrix(PATHS[1:], PATHS[0], progress=False); out = r.values['pcc'][0][1]",
+)
+PAIRWISE = dict(
+    setup="from mergekit_kinship.kinship import kinship",
+    body=textwrap.dedent("""
+        kids = PATHS[1:]
+        vals = [kinship(kids[i], kids[j], PATHS[0], progress=False).values["pcc"]
+                for i in range(len(kids)) for j in range(i + 1, len(kids))]
+        out = vals[0]
+    """),
+)
+
+
+def measure(case: dict, paths, cold: bool = True) -> dict:
+    if cold:
+        evict(paths)
+    body = f"PATHS = {[str(p) for p in paths]!r}\n" + case["body"]
+    code = _RUNNER.format(setup=case["setup"], body=body)
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a 30M-parameter family instead of 0.5B")
+    ap.add_argument("--children", type=int, default=8)
+    ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--skip-pairwise", action="store_true", help="skip the 28 pairwise runs (the slowest part)")
+    ap.add_argument("--write-md", action="store_true", help="write the table into BENCHMARKS.md")
+    args = ap.parse_args(argv)
+
+    import psutil
+
+    cfg = QUICK if args.quick else FULL
+    root = WORK / ("kinship_quick" if args.quick else "kinship")
+    params = n_params(cfg)
+    print(f"family: {params / 1e9:.3f}B parameters per model, bf16, base + {args.children} children in {root}",
+          file=sys.stderr)
+    paths = write_family(cfg, args.children, root)
+    trio = paths[:3]
+    trio_bytes = model_bytes(trio)
+    rows = []
+
+    def row(label, result, nbytes, note=""):
+        gbs = nbytes / result["wall"] / 1e9
+        rows.append(dict(case=label, wall=result["wall"], gbs=gbs, peak=result["peak_above"] / 2**20,
+                         rss0=result["rss0"] / 2**20, note=note))
+        print(f"  {label:<44} {result['wall']:7.2f} s {gbs:6.2f} GB/s  peak +{result['peak_above'] / 2**20:7.0f} MiB  {note}",
+              file=sys.stderr, flush=True)
+        return result
+
+    floor = row("floor: read base + 2 children (cold)", measure(FLOOR, trio), trio_bytes)
+    engine = row("engine: kinship of 2 children (cold)", measure(ENGINE, trio), trio_bytes)
+    row("floor: read base + 2 children (warm cache)", measure(FLOOR, trio, cold=False), trio_bytes)
+    row("engine: kinship of 2 children (warm cache)", measure(ENGINE, trio, cold=False), trio_bytes)
+    naive_need = 9 * 4 * params  # 3 fp32 models, 2 deltas, their stack, corrcoef's centred copy
+    available = psutil.virtual_memory().available
+    naive = None
+    if args.skip_naive:
+        rows.append(dict(case="naive: from_pretrained fp32 ×3 + concat + corrcoef", note="skipped (--skip-naive)"))
+    elif naive_need > 0.7 * available:
+        rows.append(dict(case="naive: from_pretrained fp32 ×3 + concat + corrcoef",
+                         note=f"not run: needs ~{naive_need / 2**30:.0f} GiB, {available / 2**30:.0f} GiB free"))
+    else:
+        naive = row("naive: from_pretrained fp32 ×3 + concat + corrcoef (cold)", measure(NAIVE, trio), trio_bytes)
+        diff = abs(naive["out"]["pcc"] - engine["out"]["pcc"])
+        rows[-1]["note"] = f"PCC differs from the engine's by {diff:.1e} (fp32)"
+    all_bytes = model_bytes(paths)
+    n_kids = len(paths) - 1
+    matrix = row(f"engine: {n_kids}-model matrix (cold)", measure(MATRIX, paths), all_bytes)
+    n_pairs = n_kids * (n_kids - 1) // 2
+    if not args.skip_pairwise:
+        pair_bytes = n_pairs * trio_bytes
+        pairwise = row(f"engine: {n_pairs} pairwise runs, one process (cold)", measure(PAIRWISE, paths), pair_bytes)
+        rows[-1]["note"] = f"matrix takes {matrix['wall'] / pairwise['wall']:.2f}× their time"
+    table = format_table(rows, params, args.children, floor, engine)
+    print(table)
+    if args.write_md:
+        write_md(table)
+    return 0
+
+
+def format_table(rows, params, n_children, floor, engine) -> str:
+    import platform
+
+    import torch
+
+    lines = [
+        f"Synthetic Llama-shaped family: {params / 1e9:.2f}B parameters per model, bf16, sharded "
+        f"(~{SHARD_BYTES // 2**20} MiB shards), base + {n_children} children. "
+        f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__}; "
+        "shared machine, so times vary by ±30%. GB/s = checkpoint bytes read / wall time. Peak RSS is above "
+        f"the interpreter after its imports (~{rows[1]['rss0']:.0f} MiB for the engine). Cold = our files evicted "
+        "from the page cache first.",
+        "",
+        "| case | wall (s) | GB/s | peak RSS above interpreter (MiB) | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if "wall" in r:
+            lines.append(f"| {r['case']} | {r['wall']:.2f} | {r['gbs']:.2f} | {r['peak']:.0f} | {r['note']} |")
+        else:
+            lines.append(f"| {r['case']} | – | – | – | {r['note']} |")
+    lines += ["", f"Engine vs read floor (cold): {engine['wall'] / floor['wall']:.2f}× the floor's wall time."]
+    return "\n".join(lines)
+
+
+def write_md(table: str) -> None:
+    section = f"{START}\n## Kinship\n\nMade by `python benchmarks/kinship_bench.py --write-md` on {time.strftime('%Y-%m-%d')}.\n\n{table}\n{END}"
+    text = MD.read_text() if MD.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    MD.write_text(text)
+    print(f"wrote {MD}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

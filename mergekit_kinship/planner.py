@@ -11,14 +11,21 @@ Algorithm 1 (Hu et al., arXiv 2410.12613, App. C.1), as planned here::
     repeat:
         G  = every pair of S not merged before                      (greedy step)
         m_best = best of S
-        m_f = the model of the WHOLE pool with the lowest kinship to m_best   (exploration)
-        G += (m_best, m_f) unless merged before
+        m_f = the model of the WHOLE pool with the lowest kinship to m_best,
+              among those not merged with m_best before (nor in G)    (exploration)
+        G += (m_best, m_f)
         pool += G; evaluate G; S' = top-k of the pool
     until S' == S                                                   (stop_reason)
 
 Strategies live in one registry (:data:`STRATEGIES`): ``kinship`` (the algorithm above),
 ``greedy`` (no exploration merge) and ``random`` (the paper's baseline: as many random untried
 pairs of the whole pool as the greedy step would have, k(k-1)/2).
+
+One reading is ours: the paper takes m_f as the lowest-kinship model of the pool and never says
+what happens when (m_best, m_f) was merged before. Merging a pair twice gives the same child, so
+the partner is the least related model that m_best has *not* been merged with yet. Otherwise a
+foundation model that stays best would never explore (its least related kin are the other
+foundation models, all merged in G1), and the kinship strategy would silently become greedy.
 """
 
 from __future__ import annotations
@@ -77,17 +84,21 @@ def relatedness(metric: str, value: float) -> float:
     return -value if metric == "ed" else value
 
 
-def exploration_partner(best: str, state: PoolState) -> str:
-    """The model of the whole pool least related to ``best`` (lowest PCC/CS, largest ED)."""
+def exploration_partner(best: str, state: PoolState,
+                        exclude: frozenset[frozenset[str]] = frozenset()) -> Optional[str]:
+    """The model of the whole pool least related to ``best`` (lowest PCC/CS, largest ED) that
+    ``best`` has not been merged with (``state.merged``) and is not paired with in ``exclude``.
+    None when every model has been merged with ``best``."""
     scored = []
     for i, m in enumerate(state.models):
-        if m == best:
+        pair = frozenset((best, m))
+        if m == best or pair in state.merged or pair in exclude:
             continue
         value = state.kinship(best, m)
         if value is None:
             raise ValueError(f"kinship of {best} and {m} is unknown")
         scored.append((relatedness(state.metric, value), i, m))
-    return min(scored)[2]
+    return min(scored)[2] if scored else None
 
 
 def oriented(a: str, b: str, state: PoolState) -> tuple[str, str]:
@@ -133,9 +144,8 @@ def kinship_strategy(state: PoolState) -> list[Candidate]:
     """Greedy step plus one exploration merge of the best model with its least related kin."""
     children = greedy_step(state)
     best = top_k(state.models, state.fitness, 1)[0]
-    partner = exploration_partner(best, state)
-    pair = frozenset((best, partner))
-    if pair not in state.merged and all(c.pair != pair for c in children):
+    partner = exploration_partner(best, state, frozenset(c.pair for c in children))
+    if partner is not None:
         children.append(Candidate((best, partner), exploration=True))
     return children
 

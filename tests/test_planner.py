@@ -85,11 +85,12 @@ def reference_algorithm(vectors, skills, k=3, max_generations=8):
             S = rank()[:k]
             G = [(a, b) for a, b in itertools.combinations(S, 2) if frozenset((a, b)) not in done]
             best = S[0]
-            partner = min((m for m in order if m != best),
-                          key=lambda m: (pcc(M[best], M[m]), order.index(m)))
-            if frozenset((best, partner)) not in done and all(
-                    frozenset(p) != frozenset((best, partner)) for p in G):
-                G.append((best, partner))
+            # lowest kinship to m_best over the whole pool, among pairs not merged yet
+            untried = [m for m in order if m != best and frozenset((best, m)) not in done
+                       and all(frozenset(p) != frozenset((best, m)) for p in G)]
+            if untried:
+                G.append((best, min(untried, key=lambda m: (pcc(M[best], M[m]),
+                                                             order.index(m)))))
         gens.append([frozenset(p) for p in G])
         S_before = rank()[:k]
         for a, b in G:
@@ -120,23 +121,22 @@ def test_kinship_strategy_is_algorithm_1(seed):
 def test_exploration_partner_is_lowest_kinship_of_whole_pool(seed):
     vectors, skills = make_family(seed)
     history, vectors_after, _ = run_planner("kinship", vectors, skills)
-    explorations = 0
+    explorations = outside = 0
     for h in history[1:]:
         state = h["state"]
         best = top_k(state.models, state.fitness, 1)[0]
-        others = [m for m in state.models if m != best]
-        lowest = min(others, key=lambda m: (state.kinship(best, m), state.models.index(m)))
+        greedy = {c.pair for c in h["children"] if not c.exploration}
+        others = [m for m in state.models if m != best
+                  and frozenset((best, m)) not in state.merged | greedy]  # never merged twice
         explored = [c for c in h["children"] if c.exploration]
-        if frozenset((best, lowest)) in state.merged:
-            assert not explored  # never merged twice
-            continue
-        assert len(explored) <= 1
+        assert len(explored) == (1 if others else 0)
         if explored:
             explorations += 1
+            lowest = min(others, key=lambda m: (state.kinship(best, m), state.models.index(m)))
             assert explored[0].parents == (best, lowest)
-        else:  # only skipped when the greedy step already merges that very pair
-            assert any(c.pair == frozenset((best, lowest)) for c in h["children"])
+            outside += lowest not in top_k(state.models, state.fitness, state.top_k)
     assert explorations >= 1
+    assert outside >= 1  # the partner comes from the whole pool, not only the top-k
 
 
 @pytest.mark.parametrize("strategy", ["kinship", "greedy", "random"])
@@ -193,6 +193,9 @@ def test_euclidean_partner_is_the_most_distant():
     assert exploration_partner("a", state) == "c"
     pcc_state = PoolState(**{**state.__dict__, "metric": "pcc"})
     assert exploration_partner("a", pcc_state) == "b"
+    merged = PoolState(**{**state.__dict__, "merged": frozenset({frozenset("ac")})})
+    assert exploration_partner("a", merged) == "b"  # the least related kin not merged yet
+    assert exploration_partner("a", merged, frozenset({frozenset("ab")})) is None
 
 
 def test_merge_budget_truncates_keeping_greedy_pairs_first():

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -89,6 +90,27 @@ def folder_stamp(path: str | Path) -> list:
 
 # --- the run directory -------------------------------------------------------------------------
 
+# Events that RunDir.append collects instead of writing (see collect_events); None: write.
+_collected: Optional[list] = None
+
+
+@contextmanager
+def collect_events():
+    """Collect this process's journal events in a list instead of appending them to the journal.
+
+    A remote worker (the Ray executor) runs a job inside this block and hands the events to the
+    driver, which stays the journal's only writer: appends to one file from several machines on
+    shared storage can overwrite each other (NFS emulates O_APPEND on the client). Not for
+    concurrent use by several threads of one process.
+    """
+    global _collected
+    previous, _collected = _collected, []
+    try:
+        yield _collected
+    finally:
+        _collected = previous
+
+
 class RunDir:
     """One run directory. Methods are small and each does its own atomic write."""
 
@@ -144,8 +166,14 @@ class RunDir:
 
     # journal
     def append(self, event: dict) -> None:
-        """Append one event; fsync'd before returning, so it survives power loss."""
-        line = json.dumps({**event, "pid": os.getpid()}, sort_keys=True) + "\n"
+        """Append one event; fsync'd before returning, so it survives power loss.
+
+        Inside :func:`collect_events` the event is collected instead (it keeps this pid).
+        """
+        if _collected is not None:
+            _collected.append({"pid": os.getpid(), **event})
+            return
+        line = json.dumps({"pid": os.getpid(), **event}, sort_keys=True) + "\n"
         with open(self.journal_path, "a", encoding="utf-8") as fh:
             fh.write(line)
             fh.flush()

@@ -232,7 +232,8 @@ class Run:
             m.scores, m.stderr = result.scores, result.stderr
             m.fitness = fitness(m.scores, self.recipe.evaluation)
             if m.kind == "child":
-                m.path = str(self.rd.model_dir(m.id))
+                folder = self.rd.model_dir(m.id)
+                m.path = str(folder) if folder.exists() else None
                 mean_parents = sum(self.pool[p].fitness for p in m.parents) / len(m.parents)
                 m.gain = m.fitness - mean_parents
 

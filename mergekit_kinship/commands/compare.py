@@ -9,36 +9,42 @@ import click
 
 
 @click.command("compare")
-@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--run-dir", type=click.Path(file_okay=False),
               help="Where to run each strategy (RUN_DIR/<strategy>); resumable like evolve.")
 @click.option("--strategies", default="kinship,greedy,random", show_default=True,
               help="Comma-separated strategies to run on RECIPE.")
 @click.option("--merges", type=click.IntRange(min=1),
               help="Merge budget of every run (and the count they are compared at).")
-@click.option("--runs", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Compare finished run directories instead of running RECIPE (repeatable).")
 @click.option("--keep", type=click.Choice(["best", "survivors", "all"]), default="all",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
-def compare_cmd(recipe, run_dir, strategies, merges, runs, keep, as_json):
+def compare_cmd(sources, run_dir, strategies, merges, keep, as_json):
     """Compare strategies at an equal number of merges.
 
-    Either run RECIPE once per strategy (into RUN_DIR/<strategy>), or read finished run
-    directories given with --runs. Each run is judged by the best fitness among the foundation
-    models and its first N children, N = --merges or the fewest merges any run made.
+    SOURCES is either one recipe file, run once per strategy into RUN_DIR/<strategy>
+    (resumable), or finished run directories of `evolve`. Each run is judged by the best
+    fitness among the foundation models and its first N children, N = --merges or the fewest
+    merges any run made.
+
+    \b
+      mergekit-kinship compare recipe.yaml --run-dir runs/cmp --merges 12
+      mergekit-kinship compare runs/kinship runs/greedy
     """
+    import os
     from mergekit_kinship.comparison import (
         compare_strategies, compare_summaries, comparison_table, read_summaries)
     from mergekit_kinship.errors import UserError
 
-    if runs:
-        if recipe:
-            raise UserError("give either RECIPE (with --run-dir) or --runs, not both")
-        comparison = compare_summaries(read_summaries(runs), merges)
+    dirs = [s for s in sources if os.path.isdir(s)]
+    if dirs:
+        if len(dirs) != len(sources):
+            raise UserError("give either one recipe file (with --run-dir) or run directories")
+        comparison = compare_summaries(read_summaries(dirs), merges)
     else:
-        if not recipe or not run_dir:
-            raise UserError("compare needs RECIPE and --run-dir, or --runs DIR ...")
+        if len(sources) != 1 or not run_dir:
+            raise UserError("compare needs one recipe file and --run-dir, or run directories")
+        recipe = sources[0]
         from mergekit_kinship.commands.evolve import prepare
         from mergekit_kinship.evolution import print_table
 

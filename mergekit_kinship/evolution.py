@@ -294,7 +294,7 @@ def default_kinship(paths: dict[str, str], base: str, metrics: list[str],
             for a, b in pairs}
 
 
-def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: str = "local",
+def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: Any = "local",
            kinship_fn: Optional[KinshipFn] = None, progress: bool = True,
            on_generation: Optional[Callable[[dict, dict], None]] = None) -> dict[str, Any]:
     """Run Algorithm 1 to its stopping rule in ``run_dir``; returns the run summary.
@@ -303,7 +303,8 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
     and evaluations are found by content and never redone. ``on_generation(summary, record)``
     is called after every generation (the CLI prints its table there). ``keep`` chooses which
     children's weights stay once the run stops: ``best``, ``survivors`` (the final top-k) or
-    ``all``; a pruned child is merged again if a later run needs it as a parent.
+    ``all``; a pruned child is merged again if a later run needs it as a parent. ``executor`` is
+    a registered name or an executor object (e.g. a configured Ray executor; its caller closes it).
     """
     from mergekit_kinship.executors import get_executor
 
@@ -314,7 +315,7 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
         rd.clean_partials()
         rd.write_text(rd.recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         run = Run(recipe, rd, kinship_fn, progress)
-        work = get_executor(executor)
+        work = get_executor(executor) if isinstance(executor, str) else executor
         rd.append({"event": "start", "strategy": recipe.strategy})
 
         # Generation 0: the foundation models enter the pool, are scored and related.

@@ -6,7 +6,6 @@
 the model's delta on the skill direction u_j, through a concave curve (1 - exp(-2 p)). A child
 masters its own skill only; a merge that keeps half of two skills scores higher on the average,
 as merges do on the built-in family. It reads the directions from ``EVOLVE_TEST_SKILLS``.
-``stand_in_kinship`` is global PCC of the deltas in float64 (same definition as the paper).
 """
 
 from __future__ import annotations
@@ -76,15 +75,12 @@ def build_tiny_family(folder: Path, n_children: int = 3, seed: int = 0) -> dict[
 
 def stand_in_evaluate(model_path, settings):
     """EvaluationResult from the weights alone (deterministic, ~10 ms). See module docstring."""
-    import torch
+    from safetensors.torch import load_file
 
     from mergekit_kinship.evaluation import EvaluationResult, fitness
 
     started = time.perf_counter()
     family = Path(os.environ["EVOLVE_TEST_SKILLS"])
-    skills = load_tensors(family) if family.is_dir() else None
-    from safetensors.torch import load_file
-
     skills = load_file(str(family / "skills.safetensors"))
     base = load_tensors(family / "base")
     model = load_tensors(model_path)
@@ -96,29 +92,5 @@ def stand_in_evaluate(model_path, settings):
             dot += float(((model[k].double() - b.double()) * u).sum())
             norm += float((u * u).sum())
         scores[task] = 1.0 - math.exp(-2.0 * max(dot / norm, 0.0))
-    if os.environ.get("EVOLVE_TEST_EVAL_LOG"):
-        with open(os.environ["EVOLVE_TEST_EVAL_LOG"], "a") as fh:
-            fh.write(f"{Path(model_path).name}\n")
     return EvaluationResult(scores=scores, fitness=fitness(scores, settings),
                             lm_eval_version="stand-in", seconds=time.perf_counter() - started)
-
-
-def stand_in_kinship(paths, base, metrics, pairs):
-    """Global PCC / CS / ED of weight deltas, float64 (the paper's definitions)."""
-    import torch
-
-    base_t = load_tensors(base)
-    deltas = {}
-    for name, path in paths.items():
-        t = load_tensors(path)
-        deltas[name] = torch.cat([(t[k].double() - base_t[k].double()).flatten()
-                                  for k in sorted(base_t)])
-    out = {}
-    for a, b in pairs:
-        x, y = deltas[a], deltas[b]
-        xc, yc = x - x.mean(), y - y.mean()
-        values = {"pcc": float((xc @ yc) / (xc.norm() * yc.norm())),
-                  "cs": float((x @ y) / (x.norm() * y.norm())),
-                  "ed": float((x - y).norm())}
-        out[(a, b)] = {m: values[m] for m in metrics}
-    return out

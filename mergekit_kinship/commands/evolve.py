@@ -49,9 +49,20 @@ def prepare(recipe_path: str, strategy: str | None = None, max_generations: int 
               show_default=True, help="Which children's weights stay on disk when the run stops.")
 @click.option("--max-generations", type=click.IntRange(min=1), help="Override stopping.max_generations.")
 @click.option("--max-merges", type=click.IntRange(min=1), help="Override stopping.max_merges.")
-@click.option("--executor", default="local", show_default=True, help="Where children are merged and scored.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where children are merged and scored: here one after another, or a "
+                   "generation at once on a Ray cluster (pip install \"mergekit-kinship[ray]\").")
+@click.option("--address", help="[ray] Cluster to join (auto, host:6379, ray://host:10001); "
+                                "default: the one running here, else start a local one.")
+@click.option("--num-gpus", type=click.FloatRange(min=0),
+              help="[ray] GPUs per child (default 1 if the cluster has GPUs, else 0).")
+@click.option("--num-cpus", type=click.FloatRange(min=0, min_open=True),
+              help="[ray] CPUs per child (default 1).")
+@click.option("--retries", type=click.IntRange(min=0),
+              help="[ray] Times a failing child is run again (default 2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
-def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, executor, as_json):
+def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, executor, address,
+               num_gpus, num_cpus, retries, as_json):
     """Merge, score and select until the stopping rule: Algorithm 1 of arXiv 2410.12613.
 
     Prints a table per generation (child, parents, parents' kinship, scores, gain over the
@@ -59,12 +70,25 @@ def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, exe
     Interrupt it at any time; running it again on the same RUN_DIR continues where it stopped,
     redoing no finished merge or evaluation.
     """
+    from mergekit_kinship.errors import UserError
     from mergekit_kinship.evolution import evolve, print_table
+    from mergekit_kinship.executors import get_executor
 
+    ray_options = {"address": address, "num_gpus": num_gpus, "num_cpus": num_cpus,
+                   "retries": retries}
+    ray_options = {k: v for k, v in ray_options.items() if v is not None}
+    if executor != "ray" and ray_options:
+        flags = ", ".join("--" + k.replace("_", "-") for k in ray_options)
+        raise UserError(f"{flags}: only with --executor ray")
+    work = get_executor(executor, **ray_options)  # connects to Ray only when the first job runs
     validated = prepare(recipe, strategy, max_generations, max_merges)
     table_stream = sys.stderr if as_json else sys.stdout
-    summary = evolve(validated, run_dir, keep=keep, executor=executor,
-                     on_generation=lambda s, r: print_table(s, r, table_stream))
+    try:
+        summary = evolve(validated, run_dir, keep=keep, executor=work,
+                         on_generation=lambda s, r: print_table(s, r, table_stream))
+    finally:
+        if hasattr(work, "close"):
+            work.close()
     best = summary["models"][summary["best"]]
     if as_json:
         click.echo(json.dumps(summary, indent=1))

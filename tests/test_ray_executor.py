@@ -141,15 +141,20 @@ def facts(events):
 def test_a_generation_runs_in_parallel_and_matches_the_local_executor(cluster, executor,
                                                                        local_run):
     local_dir, reference = local_run
-    control(cluster, sleep=0.8)
+    control(cluster, sleep=0.5)
     summary = evolve_on(cluster, executor, "parallel")
     assert lineage(summary) == lineage(reference)
     events = journal(cluster["root"] / "parallel")
     assert facts(events) == facts(journal(local_dir))
 
-    # The driver wrote the events of the workers' jobs, and they carry the workers' pids.
+    # The driver alone wrote the workers' events (they carry the workers' pids): each job's
+    # events form one block just before its worker-job record, even though jobs overlapped.
     worker_pids = {e["pid"] for e in events if e["event"] in ("merged", "scored")}
     assert os.getpid() not in worker_pids and len(worker_pids) == 2
+    for k, e in enumerate(events):
+        if e["event"] == "worker-job":
+            own = [j for j, f in enumerate(events[:k]) if e["model"] in (f.get("child"), f.get("model"))]
+            assert own == list(range(k - len(own), k)), (e["model"], own, k)
     # Generation 1's children: two ran at the same time on two different workers.
     jobs = {e["model"]: e for e in events if e["event"] == "worker-job"}
     children = summary["generations"][0]["children"]

@@ -33,6 +33,7 @@ def controlled_evaluate(model_path, settings):
 
     ``sleep``: seconds added to each child's evaluation (so that overlap is measurable);
     ``fail``: {child id: n} raises on the first n evaluations of that child;
+    ``user_error``: [child id] raises a UserError (the user's to fix);
     ``block``: [child id] writes ``marks/started-ID`` (this pid) and sleeps 120 s, then
     ``marks/finished-ID``.
     """
@@ -42,6 +43,10 @@ def controlled_evaluate(model_path, settings):
     marks.mkdir(exist_ok=True)
     name = Path(model_path).name
     failures = marks / f"failures-{name}"
+    if name in control.get("user_error", []):
+        from mergekit_kinship.errors import UserError
+
+        raise UserError(f"{name}: injected user error")
     if name in control.get("fail", {}):
         n = int(failures.read_text()) if failures.exists() else 0
         if n < control["fail"][name]:
@@ -201,24 +206,42 @@ def test_a_failing_child_is_retried_recorded_and_resumed(cluster, executor, loca
     assert merged[flaky] == merged[broken] == merged[healthy] == 1
 
 
+def test_a_user_error_on_a_worker_is_not_retried(cluster, executor, local_run):
+    from mergekit_kinship.errors import UserError
+
+    _, reference = local_run
+    child = reference["generations"][0]["children"][1]
+    control(cluster, user_error=[child])
+    executor.retries = 2
+    with pytest.raises(UserError, match=f"^{child}: injected user error$"):
+        evolve_on(cluster, executor, "user-error")
+    failures = [e for e in journal(cluster["root"] / "user-error")
+                if e["event"] == "worker-job-failed"]
+    assert [(e["model"], e["attempt"], e["final"]) for e in failures] == [(child, 1, True)]
+    assert failures[0]["error"] == f"UserError: {child}: injected user error"
+
+
 def test_ctrl_c_kills_the_workers_and_the_run_resumes(cluster, executor, local_run):
     psutil = pytest.importorskip("psutil")
     _, reference = local_run
     blocked = reference["generations"][0]["children"][0]
     control(cluster, block=[blocked])
     started = cluster["root"] / "marks" / f"started-{blocked}"
-    interrupted_at = []
+    interrupted_at, give_up = [], threading.Event()
 
-    def interrupt_when_blocked():
-        deadline = time.time() + 120
-        while not started.exists() and time.time() < deadline:
-            time.sleep(0.1)
+    def interrupt_when_blocked():  # Ctrl-C while the blocked child runs on a worker
+        while not started.exists():
+            if give_up.wait(0.1):
+                return
         interrupted_at.append(time.time())
         _thread.interrupt_main()
 
     threading.Thread(target=interrupt_when_blocked, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        evolve_on(cluster, executor, "interrupted")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evolve_on(cluster, executor, "interrupted")
+    finally:
+        give_up.set()
     assert started.exists() and time.time() - interrupted_at[0] < 10
     worker = int(started.read_text())
     deadline = time.time() + 15

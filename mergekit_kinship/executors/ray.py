@@ -42,8 +42,8 @@ from mergekit_kinship.executors import register_executor
 from mergekit_kinship.executors.job import ChildJob, JobResult
 from mergekit_kinship.rundir import RunDir
 
-# Environment that changes what a job does; passed to workers of a cluster this driver joined
-# (workers of a cluster it started inherit the whole environment anyway).
+# Environment that changes what a job does, passed on to the workers when this executor connects
+# (the workers of a running cluster do not inherit the driver's environment).
 FORWARDED_ENV = ("MERGEKIT_KINSHIP_EVALUATOR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                  "TRANSFORMERS_OFFLINE")
 
@@ -139,10 +139,9 @@ class RayExecutor:
     def _connect(self) -> None:
         if not ray.is_initialized():
             options = {"log_to_driver": True, **self.init_options}
-            if self.address is not None:
-                env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-                if env:
-                    options.setdefault("runtime_env", {"env_vars": env})
+            env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+            if env:
+                options.setdefault("runtime_env", {"env_vars": env})
             try:
                 ray.init(address=self.address, **options)
             except ConnectionError as err:

@@ -130,7 +130,7 @@ class Run:
             return
         needed = sorted({m for p in pairs for m in p})
         paths = {m: self.model_path(m) for m in needed}
-        values = self.kinship_fn(paths, self.model_path_of_spec(self.recipe.base), self.metrics,
+        values = self.kinship_fn(paths, local_copy(self.recipe.base), self.metrics,
                                  pairs)
         for a, b in pairs:
             key = self._kinship_key(a, b)
@@ -173,8 +173,7 @@ class Run:
             model_id = spec.display_name
             self.pool[model_id] = PoolModel(
                 id=model_id, name=model_id, kind="foundation",
-                identity=self._model_identity(spec), path=self.model_path_of_spec(spec),
-                hub_id=spec.hub)
+                identity=self._model_identity(spec), path=local_copy(spec), hub_id=spec.hub)
             ids.append(model_id)
         return ids
 
@@ -212,7 +211,11 @@ class Run:
             seed=self.recipe.seed)
 
     def _ref(self, model_id: str) -> str:
+        """How a child's YAML names a parent: a hub id stays a hub id (portable YAML)."""
         m = self.pool[model_id]
+        if m.hub_id is not None:
+            return self.model_path_of_spec(next(s for s in self.recipe.models
+                                                if s.display_name == m.id))
         if m.kind == "child" and m.path is None:
             return str(self.rd.model_dir(m.id))
         return m.path
@@ -277,6 +280,28 @@ class Run:
         summary = self.summary(stopped)
         self.rd.write_json(self.rd.summary_path, summary)
         return summary
+
+
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py"]
+
+
+def local_copy(spec) -> str:
+    """A local folder for a recipe model: its path, or the hub snapshot (downloaded once into
+    the Hugging Face cache; weights, configs and tokenizer files only). Evaluation and kinship
+    read this folder; children's YAML keep the hub id so that they stay portable."""
+    if spec.path is not None:
+        return spec.path
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(spec.hub, revision=spec.revision, allow_patterns=_HUB_FILES)
+        if not any(Path(folder).glob("*.safetensors")):  # an older repository: PyTorch .bin only
+            folder = snapshot_download(spec.hub, revision=spec.revision,
+                                       allow_patterns=_HUB_FILES + ["*.bin"])
+    except Exception as err:  # offline, gated, misspelled: the user's to fix
+        raise UserError(f"{spec.hub}: cannot get it from the hub "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    return folder
 
 
 def default_kinship(paths: dict[str, str], base: str, metrics: list[str],

@@ -33,6 +33,7 @@ def controlled_evaluate(model_path, settings):
 
     ``sleep``: seconds added to each child's evaluation (so that overlap is measurable);
     ``fail``: {child id: n} raises on the first n evaluations of that child;
+    ``crash``: {child id: n} ends the worker process on the first n evaluations of that child;
     ``user_error``: [child id] raises a UserError (the user's to fix);
     ``block``: [child id] writes ``marks/started-ID`` (this pid) and sleeps 120 s, then
     ``marks/finished-ID``.
@@ -47,11 +48,15 @@ def controlled_evaluate(model_path, settings):
         from mergekit_kinship.errors import UserError
 
         raise UserError(f"{name}: injected user error")
-    if name in control.get("fail", {}):
-        n = int(failures.read_text()) if failures.exists() else 0
-        if n < control["fail"][name]:
-            failures.write_text(str(n + 1))
-            raise RuntimeError(f"injected failure {n + 1} of {name}")
+    for how in ("fail", "crash"):
+        if name in control.get(how, {}):
+            n = int(failures.read_text()) if failures.exists() else 0
+            if n < control[how][name]:
+                failures.write_text(str(n + 1))
+                if how == "crash":
+                    (marks / f"crashed-{name}").write_text(str(os.getpid()))
+                    os._exit(3)  # the worker process dies, as when killed for memory
+                raise RuntimeError(f"injected failure {n + 1} of {name}")
     if name in control.get("block", []):
         (marks / f"started-{name}").write_text(str(os.getpid()))
         time.sleep(120)
@@ -179,20 +184,25 @@ def test_a_failing_child_is_retried_recorded_and_resumed(cluster, executor, loca
     from mergekit_kinship.executors.ray import ChildJobFailed
 
     _, reference = local_run
-    flaky, broken, healthy = reference["generations"][0]["children"]
-    control(cluster, fail={flaky: 1, broken: 99})
+    crashing, broken, healthy = reference["generations"][0]["children"]
+    control(cluster, crash={crashing: 1}, fail={broken: 99})
     executor.retries = 1
     with pytest.raises(ChildJobFailed, match=f"{broken} failed 2 time.*injected failure 2"):
         evolve_on(cluster, executor, "failing")
     events = journal(cluster["root"] / "failing")
     failures = [e for e in events if e["event"] == "worker-job-failed"]
     by_child = {c: [(e["attempt"], e["final"]) for e in failures if e["model"] == c]
-                for c in (flaky, broken, healthy)}
-    assert by_child == {flaky: [(1, False)], broken: [(1, False), (2, True)], healthy: []}
+                for c in (crashing, broken, healthy)}
+    assert by_child == {crashing: [(1, False)], broken: [(1, False), (2, True)], healthy: []}
     assert all("RuntimeError: injected failure" in e["error"] and "Traceback" in e["traceback"]
-               for e in failures)
-    done = {e["model"] for e in events if e["event"] == "worker-job"}
-    assert {flaky, healthy} <= done and broken not in done
+               for e in failures if e["model"] == broken)
+    crash = next(e for e in failures if e["model"] == crashing)
+    assert crash["error"].startswith("ActorDiedError"), crash["error"]
+    done = {e["model"]: e for e in events if e["event"] == "worker-job"}
+    assert {crashing, healthy} <= set(done) and broken not in done
+    # The crashed child ran again on a fresh worker.
+    dead = int((cluster["root"] / "marks" / f"crashed-{crashing}").read_text())
+    assert done[crashing]["worker_pid"] != dead
     assert not [e for e in events if e["event"] == "generation"]
 
     control(cluster)  # the cause is gone: running again finishes the run, redoing nothing done
@@ -203,7 +213,8 @@ def test_a_failing_child_is_retried_recorded_and_resumed(cluster, executor, loca
             and summary["models"].get(e["model"], {}).get("generation") == 1] == [broken]
     merged = Counter(e["child"] for e in journal(cluster["root"] / "failing")
                      if e["event"] == "merged")
-    assert merged[flaky] == merged[broken] == merged[healthy] == 1
+    # A dead worker's events are lost with it; its finished merge was kept, not redone.
+    assert merged[broken] == merged[healthy] == 1 and merged[crashing] <= 1
 
 
 def test_a_user_error_on_a_worker_is_not_retried(cluster, executor, local_run):

@@ -124,7 +124,8 @@ class Run:
         for a in new_ids:
             for b in ids:
                 if a != b and (b not in new_ids or ids.index(b) < ids.index(a)):
-                    if self._kinship_key(a, b) not in self._kinship:
+                    known = self._kinship.get(self._kinship_key(a, b), {})
+                    if any(m not in known for m in self.metrics):  # e.g. the metric changed
                         pairs.append((a, b))
         if not pairs:
             return
@@ -134,7 +135,8 @@ class Run:
                                  pairs)
         for a, b in pairs:
             key = self._kinship_key(a, b)
-            self._kinship[key] = {k: float(v) for k, v in values[(a, b)].items()}
+            self._kinship[key] = {**self._kinship.get(key, {}), **{
+                k: None if v is None else float(v) for k, v in values[(a, b)].items()}}
             self.rd.append({"event": "kinship", "key": key, "pair": [a, b],
                             "values": self._kinship[key]})
 

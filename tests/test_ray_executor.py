@@ -163,14 +163,16 @@ def test_a_generation_runs_in_parallel_and_matches_the_local_executor(cluster, e
     assert os.getpid() not in worker_pids and len(worker_pids) == 2
     for k, e in enumerate(events):
         if e["event"] == "worker-job":
-            own = [j for j, f in enumerate(events[:k]) if e["model"] in (f.get("child"), f.get("model"))]
+            own = [j for j, f in enumerate(events[:k])
+                   if e["model"] in (f.get("child"), f.get("model"))]
             assert own == list(range(k - len(own), k)), (e["model"], own, k)
     # Generation 1's children: two ran at the same time on two different workers.
     jobs = {e["model"]: e for e in events if e["event"] == "worker-job"}
     children = summary["generations"][0]["children"]
     assert len(children) == 3
     overlapping = [(a, b) for i, a in enumerate(children) for b in children[i + 1:]
-                   if jobs[a]["started"] < jobs[b]["ended"] and jobs[b]["started"] < jobs[a]["ended"]]
+                   if jobs[a]["started"] < jobs[b]["ended"]
+                   and jobs[b]["started"] < jobs[a]["ended"]]
     assert overlapping, {c: (jobs[c]["started"], jobs[c]["ended"]) for c in children}
     a, b = overlapping[0]
     assert jobs[a]["worker_pid"] != jobs[b]["worker_pid"]

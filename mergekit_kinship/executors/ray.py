@@ -240,8 +240,9 @@ class RayExecutor:
             job, error, attempts = failed[0]
             if error["user_error"]:
                 raise UserError(error["message"])
+            others = f" ({len(failed) - 1} more children failed too)" if len(failed) > 1 else ""
             raise ChildJobFailed(
-                f"{job.model_id} failed {attempts} time(s) on Ray workers; last error: "
+                f"{job.model_id} failed {attempts} time(s) on Ray workers{others}; last error: "
                 f"{error['type']}: {error['message']} (journal: {rd.journal_path}; run evolve "
                 f"again to retry)\n--- remote traceback ---\n{error['traceback']}")
         return results

@@ -34,7 +34,6 @@ import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -45,7 +44,7 @@ METRICS = ("pcc", "cosine", "euclidean")
 ALIASES = {"cs": "cosine", "cos": "cosine", "ed": "euclidean", "pearson": "pcc"}
 BREAKDOWNS = ("layer", "module")
 
-# Bytes read per model per block; two blocks per model are in memory at once (read-ahead).
+# Bytes read per model per block; workers + 1 blocks per model are in memory at once (read-ahead).
 BLOCK_BYTES = 8 * 1024 * 1024
 # float64 elements per model reduced at once on the CPU (None: 2**18 / N, at least 65536), so
 # that the N rows stay in L2/L3 cache across the passes over them (measured best on a 2-core

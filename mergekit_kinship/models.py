@@ -40,7 +40,8 @@ SAFETENSORS_DTYPES = {
 _OTHER_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8}
 
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on a header's size
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?$")
+# org/name or a legacy single name (gpt2), with an optional @revision
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def _config_value(config: dict, keys: tuple[str, ...]):
 def resolve(ref: str | os.PathLike, cache_dir: str | None = None) -> tuple[Path, str]:
     """(local folder, display name) for a local path or a hub id.
 
-    An existing path is local; anything else that looks like ``org/name[@revision]`` is fetched as
+    An existing path is local; anything else that looks like ``[org/]name[@revision]`` is fetched as
     mergekit fetches it (safetensors if the repo has them, else ``.bin``; config and tokenizer
     files), which needs the network or the local hub cache.
     """

@@ -96,14 +96,28 @@ def compare_strategies(recipe, run_dir: str | Path, strategies: Sequence[str],
                        merges: Optional[int] = None, keep: str = "all", kinship_fn=None,
                        on_generation=None) -> dict[str, Any]:
     """Run ``evolve`` once per strategy on the same recipe into ``run_dir/<strategy>`` (each
-    with at most ``merges`` merges when given) and compare them at an equal number of merges."""
+    with at most ``merges`` merges when given) and compare them at an equal number of merges.
+    Scores are shared between the runs (same content, same key); merges are not."""
+    import shutil
+
     from mergekit_kinship.evolution import evolve
 
     summaries = {}
+    done: list[Path] = []
     for strategy in strategies:
         update: dict[str, Any] = {"strategy": strategy}
         if merges is not None:
             update["stopping"] = recipe.stopping.model_copy(update={"max_merges": merges})
-        summaries[strategy] = evolve(recipe.model_copy(update=update), Path(run_dir) / strategy,
-                                     keep=keep, kinship_fn=kinship_fn, on_generation=on_generation)
+        sub = Path(run_dir) / strategy
+        # Scores are keyed by content (model identity + evaluation fingerprint), so a score one
+        # strategy measured is valid for the others: the foundation models and the shared first
+        # generation are evaluated once.
+        (sub / "scores").mkdir(parents=True, exist_ok=True)
+        for other in done:
+            for f in (other / "scores").glob("*.json"):
+                if not (sub / "scores" / f.name).exists():
+                    shutil.copy2(f, sub / "scores" / f.name)
+        summaries[strategy] = evolve(recipe.model_copy(update=update), sub, keep=keep,
+                                     kinship_fn=kinship_fn, on_generation=on_generation)
+        done.append(sub)
     return compare_summaries(summaries, merges)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import mergekit_kinship.kinship as engine
+from mergekit_kinship.errors import UserError
 from mergekit_kinship.kinship import KinshipWarning, kinship, kinship_matrix
 from tiny_models import (
     build_base,
@@ -201,3 +202,16 @@ def test_pcc_is_stable_when_deltas_have_a_large_mean(family, tmp_path, monkeypat
 def test_metric_names_and_aliases(family):
     result = kinship(family["a"], family["b"], family["base"], metrics="ED, cs", progress=False)
     assert result.metrics == ["euclidean", "cosine"] and set(result.values) == {"euclidean", "cosine"}
+
+
+def test_device_choice(family):
+    a, b, base = family["a_bf16"], family["b_bf16"], family["base_bf16"]
+    cpu = kinship(a, b, base, device="cpu", progress=False).values
+    assert_close(cpu, dense_kinship(base, a, b))
+    with pytest.raises(UserError, match="device 'tpu9'"):
+        kinship(a, b, base, device="tpu9", progress=False)
+    if torch.cuda.is_available():  # the GPU path: same float64 arithmetic, other reduction order
+        assert_close(kinship(a, b, base, device="cuda", progress=False).values, cpu, rtol=1e-12)
+    else:
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            kinship(a, b, base, device="cuda", progress=False)

@@ -1,0 +1,287 @@
+"""Build (or reuse) the built-in family: one base, one child per skill, one grandchild.
+
+Layout of a family folder::
+
+    <root>/manifest.json        builder config, its hash, every model's parent and skills
+    <root>/base/                save_pretrained folders (config.json, model.safetensors,
+    <root>/reverse/ ...          tokenizer files): transformers, mergekit and lm-eval load them
+
+A finished family is identified by the hash of the builder's config (architecture, training
+stages, seed, builder version): :func:`build_family` reuses a folder whose manifest carries the
+same hash and never trusts a folder merely for existing. Building happens in a temporary sibling
+folder that is renamed into place when complete, under a file lock, so concurrent callers (test
+workers, two demos) build once and never see half a family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mergekit_kinship.errors import UserError
+from mergekit_kinship.zoo.skills import SKILLS
+
+# Bump when the build changes in a way the code fingerprint below cannot see (e.g. a dependency).
+BUILDER_VERSION = 1
+MANIFEST = "manifest.json"
+TASKS_DIR = Path(__file__).parent / "tasks"
+TASK_PREFIX = "kinship_"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One model of the family: fine-tuned from ``parent`` on a uniform mix of ``skills``."""
+
+    name: str
+    parent: str | None  # None: trained from a fresh initialisation (the base)
+    skills: tuple[str, ...]
+    steps: int
+    lr: float
+    replay: float = 0.0  # fraction of texts drawn from all skills
+
+
+def default_stages() -> tuple[Stage, ...]:
+    """The family's recipe, calibrated on 2 CPU cores (numbers in the README's demo section):
+
+    - the base sees every skill briefly, so it is mediocre at most of them (room to improve);
+    - each child trains hard on one skill (plus 20 % rehearsal of all skills) and becomes the best
+      model at it while forgetting part of the others, so SLERP merges of two children can gain;
+    - the grandchild continues its parent's skill and adds a sibling's, so it stays close kin.
+    A weaker base (120 steps) made merges lose; a stronger one (300) left no room above it.
+    """
+    skills = tuple(SKILLS)
+    stages = [Stage("base", None, skills, steps=200, lr=2e-3)]
+    stages += [Stage(s, "base", (s,), steps=200, lr=2e-3, replay=0.2) for s in skills]
+    stages.append(Stage("reverse_sort", "reverse", ("reverse", "sort"), steps=100, lr=1e-3))
+    return tuple(stages)
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """Everything that decides the family's weights; its hash names a build."""
+
+    seed: int = 0
+    batch: int = 32
+    shape: dict = field(default_factory=lambda: _shape().to_dict())
+    stages: tuple[Stage, ...] = field(default_factory=default_stages)
+
+    def to_dict(self) -> dict:
+        import torch  # results are bit-identical only within one torch release
+
+        return {
+            "builder_version": BUILDER_VERSION,
+            "code": _code_fingerprint(),
+            "torch": torch.__version__.split("+")[0],
+            "seed": self.seed,
+            "batch": self.batch,
+            "shape": self.shape,
+            "stages": [asdict(s) for s in self.stages],
+        }
+
+    def hash(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _code_fingerprint() -> str:
+    """Hash of the modules that decide the weights, so an edited skill never reuses a stale build."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in ("skills.py", "tokenizer.py", "train.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _shape():
+    from mergekit_kinship.zoo.train import Shape
+
+    return Shape()
+
+
+def default_cache_dir() -> Path:
+    """``$MERGEKIT_KINSHIP_CACHE``, else ``~/.cache/mergekit-kinship``."""
+    env = os.environ.get("MERGEKIT_KINSHIP_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mergekit-kinship"
+
+
+def task_name(skill: str) -> str:
+    return TASK_PREFIX + skill
+
+
+@dataclass
+class Family:
+    """A built family on disk. All paths are absolute; ``models`` excludes the base."""
+
+    root: Path
+    base: Path
+    children: dict[str, Path]
+    grandchildren: dict[str, Path]
+    parent: dict[str, str]
+    skill_of: dict[str, str]
+    task_names: list[str]
+    tasks_dir: Path = TASKS_DIR
+    config_hash: str = ""
+
+    @property
+    def models(self) -> dict[str, Path]:
+        return {**self.children, **self.grandchildren}
+
+    def evaluation_settings(self) -> dict:
+        """What an lm-eval run on this family needs (see :func:`evaluation_settings`)."""
+        return evaluation_settings()
+
+    @classmethod
+    def load(cls, root: Path) -> "Family":
+        """Open a finished family folder (raises :class:`UserError` if it is not one)."""
+        root = Path(root).resolve()
+        try:
+            manifest = json.loads((root / MANIFEST).read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"{root}: not a built family (no readable {MANIFEST})") from err
+        parent = {m["name"]: m["parent"] for m in manifest["models"] if m["parent"]}
+        children = {n: root / n for n, p in parent.items() if p == "base"}
+        grandchildren = {n: root / n for n, p in parent.items() if p != "base"}
+        skill_of = {m["name"]: task_name(m["skills"][0]) for m in manifest["models"]
+                    if m["parent"] == "base"}
+        return cls(
+            root=root,
+            base=root / "base",
+            children=children,
+            grandchildren=grandchildren,
+            parent=parent,
+            skill_of=skill_of,
+            task_names=[task_name(s) for s in manifest["skills"]],
+            config_hash=manifest["config_hash"],
+        )
+
+
+def evaluation_settings() -> dict:
+    """lm-eval settings for scoring any model of the family (or a merge of its members).
+
+    Returns ``{"include_path": str, "tasks": [task names], "metric": {task: "acc"},
+    "num_fewshot": 0, "fitness": "mean"}``: pass ``include_path`` to
+    ``lm_eval.tasks.TaskManager`` (``include_defaults=False`` skips indexing lm-eval's thousands
+    of built-in tasks, which costs seconds), score zero-shot, and take the unweighted mean of
+    ``metric`` over ``tasks`` as the fitness.
+    """
+    tasks = [task_name(s) for s in SKILLS]
+    return {
+        "include_path": str(TASKS_DIR),
+        "tasks": tasks,
+        "metric": {t: "acc" for t in tasks},
+        "num_fewshot": 0,
+        "fitness": "mean",
+    }
+
+
+def _matches(root: Path, config_hash: str) -> bool:
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("config_hash") == config_hash and manifest.get("complete") is True
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
+                 progress: bool = True, config: FamilyConfig | None = None) -> Family:
+    """Build the family into ``out_dir`` (default: ``default_cache_dir()/family-<hash>``).
+
+    Reuses ``out_dir`` if it holds a finished family of the same config hash. A folder holding a
+    family of another config is replaced; any other non-empty folder is refused (UserError).
+    ``config`` overrides the recipe (tests build a reduced family with it); ``seed`` is ignored
+    when ``config`` is given. Progress (one tqdm bar over all training steps) goes to stderr.
+    Takes about a minute on 2 CPU cores and ~10 MB of disk.
+    """
+    config = config or FamilyConfig(seed=seed)
+    config_hash = config.hash()
+    root = Path(out_dir) if out_dir is not None else default_cache_dir() / f"family-{config_hash}"
+    root = root.expanduser().resolve()
+    if _matches(root, config_hash):
+        return Family.load(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root}: exists and is not a folder")
+    with _lock(root.parent / f".{root.name}.lock"):
+        if _matches(root, config_hash):  # another process finished it while we waited
+            return Family.load(root)
+        if root.exists() and any(root.iterdir()) and not (root / MANIFEST).exists():
+            raise UserError(f"{root}: folder is not empty and holds no family; choose another")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+        try:
+            _build_into(tmp, config, config_hash, progress)
+            if root.exists():
+                shutil.rmtree(root)  # an older family (other config or unfinished)
+            os.replace(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return Family.load(root)
+
+
+def _build_into(folder: Path, config: FamilyConfig, config_hash: str, progress: bool) -> None:
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    from mergekit_kinship.zoo.tokenizer import build_tokenizer
+    from mergekit_kinship.zoo.train import Shape
+
+    bar = tqdm(total=sum(s.steps for s in config.stages), desc="building family", unit="step",
+               disable=not progress, file=sys.stderr)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one bar for the whole build, not one per save
+    try:
+        records = _train_stages(folder, config, build_tokenizer(), Shape(**config.shape), bar)
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    manifest = {
+        "complete": True,
+        "config_hash": config_hash,
+        "config": config.to_dict(),
+        "skills": list(SKILLS),
+        "models": records,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _train_stages(folder: Path, config: FamilyConfig, tokenizer, shape, bar) -> list[dict]:
+    import copy
+
+    from mergekit_kinship.zoo.train import new_model, single_threaded, train
+
+    trained = {}
+    records = []
+    with single_threaded(), bar:
+        for i, stage in enumerate(config.stages):
+            bar.set_postfix_str(stage.name)
+            if stage.parent is None:
+                model = new_model(shape, len(tokenizer), tokenizer.pad_token_id,
+                                  tokenizer.eos_token_id, seed=config.seed)
+            else:
+                model = copy.deepcopy(trained[stage.parent])
+            losses = train(model, tokenizer, list(stage.skills), steps=stage.steps, lr=stage.lr,
+                           batch=config.batch, seed=config.seed * 1000 + i,
+                           replay=stage.replay, progress=bar)
+            trained[stage.name] = model
+            model.save_pretrained(folder / stage.name)
+            tokenizer.save_pretrained(folder / stage.name)
+            records.append({**asdict(stage), "final_loss": round(sum(losses[-10:]) / 10, 4)})
+    return records

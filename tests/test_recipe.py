@@ -155,3 +155,17 @@ def test_mistral_recipe_dry_run_offline():
     assert example["base_model"] == example["models"][0]["model"]  # parent A, not the ancestor
     assert "mistralai/Mistral-7B-v0.1" not in report["example_yaml"]
     assert len(report["generation_1_pairs"]) == 3
+
+
+def test_builtin_family_recipe_follows_the_zoo():
+    """recipes/builtin-family.yaml names the zoo's current children and tasks (no build)."""
+    from mergekit_kinship.zoo.family import default_stages, evaluation_settings
+
+    data = yaml.safe_load((REPO / "recipes" / "builtin-family.yaml").read_text())
+    children = [s.name for s in default_stages() if s.parent == "base"]
+    assert [Path(m).name for m in data["models"]] == children
+    assert Path(data["base"]).name == "base"
+    assert data["evaluation"]["tasks"] == evaluation_settings()["tasks"]
+    recipe = parse_recipe(data, REPO / "recipes", "builtin-family.yaml")
+    assert recipe.evaluation.include_path == str(REPO / "mergekit_kinship" / "zoo" / "tasks")
+    assert recipe.merge.method == "slerp" and recipe.merge.dtype == "float32"

@@ -97,11 +97,17 @@ def test_refuses_a_folder_that_is_not_a_family(tmp_path):
 def _score(path: Path, task_manager) -> dict[str, float]:
     import lm_eval
 
+    from mergekit_kinship.zoo.train import single_threaded
+
     settings = evaluation_settings()
-    out = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={path},dtype=float32", tasks=settings["tasks"],
-        task_manager=task_manager, num_fewshot=settings["num_fewshot"], batch_size=64, device="cpu",
-    )
+    # One thread: on a busy 2-core machine a ~250k-parameter model scores 5-10x faster than with
+    # torch's default thread pool fighting other processes.
+    with single_threaded():
+        out = lm_eval.simple_evaluate(
+            model="hf", model_args=f"pretrained={path},dtype=float32", tasks=settings["tasks"],
+            task_manager=task_manager, num_fewshot=settings["num_fewshot"], batch_size=64,
+            device="cpu",
+        )
     return {t: out["results"][t][settings["metric"][t] + ",none"] for t in settings["tasks"]}
 
 

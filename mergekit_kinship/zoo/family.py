@@ -143,7 +143,8 @@ class Family:
         root = Path(root).resolve()
         try:
             manifest = json.loads((root / MANIFEST).read_text())
-        except (OSError, ValueError) as err:
+            manifest["models"], manifest["skills"], manifest["config_hash"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{root}: not a built family (no readable {MANIFEST})") from err
         parent = {m["name"]: m["parent"] for m in manifest["models"] if m["parent"]}
         children = {n: root / n for n, p in parent.items() if p == "base"}

@@ -215,3 +215,13 @@ def test_device_choice(family):
     else:
         with pytest.raises(UserError, match="no CUDA GPU"):
             kinship(a, b, base, device="cuda", progress=False)
+
+
+def test_package_level_api(family):
+    # The package attribute `kinship` may be the submodule (bound by the import system) or the
+    # function; either way it computes kinship.
+    from mergekit_kinship import kinship as package_kinship, kinship_matrix as package_matrix
+
+    result = package_kinship(family["a"], family["b"], family["base"], metrics="pcc", progress=False)
+    assert result.values == kinship(family["a"], family["b"], family["base"], metrics="pcc", progress=False).values
+    assert package_matrix is kinship_matrix

@@ -202,7 +202,7 @@ class Run:
             f"parent B: {self._label(b)}",
             f"kinship of parents: {kin_text} (ancestor {ancestor})",
             f"strategy {self.recipe.strategy}, top-k {self.recipe.top_k}, method {template.method}",
-            f"run: mergekit-yaml {child_id}.yaml OUT_DIR"
+            "run: mergekit-yaml THIS_FILE OUT_DIR"
             + (f" --random-seed {seed}" if seed is not None else ""),
         ]
         return PoolModel(

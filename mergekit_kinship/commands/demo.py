@@ -17,19 +17,60 @@ from pathlib import Path
 import click
 
 
-def run_evolution(family, out_dir: Path, *, progress: bool) -> dict | None:
-    """EVOLUTION STEP: wire the evolution engine in here.
+def demo_recipe(family) -> dict:
+    """The demo's recipe: the paper's set-up (k = 3, kinship strategy, SLERP template) on the family.
 
-    Given the built ``family`` (:class:`mergekit_kinship.zoo.Family`) and the demo's ``out_dir``,
-    run a kinship-guided evolution on ``family.models`` with base ``family.base``, scored with
-    ``family.evaluation_settings()`` (include_path, tasks, metric "acc", zero-shot, fitness = mean),
-    write its report under ``out_dir``, and return a JSON-able summary for ``--json`` (it should
-    carry ``"report"``: the report's path, and ``"best"``: name and fitness). Budget: the whole
-    demo must stay under 5 minutes on 2 CPU cores (family ~1 min, one lm-eval scoring ~1 s).
-
-    Returns None while the evolution engine is not wired in; the demo then stops after step 2.
+    The same recipe ships as ``recipes/builtin-family.yaml`` for users to edit.
     """
-    return None
+    settings = family.evaluation_settings()
+    return {
+        "base": str(family.base),
+        "models": [str(p) for p in family.models.values()],
+        "top_k": 3,
+        "strategy": "kinship",
+        "metric": "pcc",
+        "merge": {"method": "slerp", "dtype": "float32"},
+        "evaluation": {
+            "include_path": str(settings["include_path"]),
+            "tasks": list(settings["tasks"]),
+            "num_fewshot": settings.get("num_fewshot", 0),
+            "batch_size": 32,
+            "model_args": {"dtype": "float32"},
+        },
+        # The paper's saturation heuristic (§4.4): once the top-k are near copies of each other
+        # (mutual PCC > 0.95) further merges only reshuffle them, so stop there.
+        "stopping": {"max_generations": 8, "saturation": 0.95},
+        "seed": 0,
+    }
+
+
+def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dict:
+    """Kinship-guided evolution of the family in ``out_dir/run``, then its report.
+
+    Resumable like any ``evolve`` run: a second demo reuses every finished merge and score.
+    Returns a JSON-able summary with the best model and the report's path.
+    """
+    from mergekit_kinship.evolution import evolve, print_table
+    from mergekit_kinship.recipe import parse_recipe
+    from mergekit_kinship.report import write_report
+
+    recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
+    run_dir = out_dir / "run"
+    summary = evolve(recipe, run_dir, keep="survivors", progress=progress,
+                     on_generation=lambda s, r: print_table(s, r, table_stream))
+    report = write_report(run_dir)
+    best = summary["models"][summary["best"]]
+    foundation = [m["fitness"] for m in summary["models"].values() if m["kind"] == "foundation"]
+    return {
+        "run_dir": str(run_dir.resolve()),
+        "report": str(report),
+        "stopped": summary["stopped"],
+        "generations": len(summary["generations"]),
+        "merges": summary["merges"],
+        "best": {"id": summary["best"], "name": best["name"], "fitness": best["fitness"],
+                 "path": best["path"]},
+        "best_foundation_fitness": max(foundation),
+    }
 
 
 def _matrix_table(names: list[str], values: list[list[float | None]], parent: dict[str, str]) -> str:
@@ -90,9 +131,12 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
     (out_dir / "kinship.json").write_text(json.dumps(kinship, indent=2) + "\n")
 
     step("[3/3] evolution")
-    evolution = run_evolution(family, out_dir, progress=not quiet)
-    if evolution is None:
-        step("      not available in this version: stopping after the kinship matrix")
+    if not as_json:  # the matrix comes first on stdout, then a table per generation
+        click.echo(f"Family {family.config_hash} at {family.root}")
+        click.echo("Kinship (PCC of deltas from base):")
+        click.echo(_matrix_table(names, pcc, family.parent) + "\n")
+    evolution = run_evolution(family, out_dir, progress=not quiet,
+                              table_stream=sys.stderr if as_json else sys.stdout)
 
     summary = {
         "family": {
@@ -113,10 +157,11 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"Family {family.config_hash} at {family.root}")
-    click.echo("Kinship (PCC of deltas from base):")
-    click.echo(_matrix_table(names, pcc, family.parent))
-    if evolution is not None:
-        click.echo(f"Evolution report: {evolution.get('report')}")
+    best = evolution["best"]
+    click.echo(f"Evolution stopped ({evolution['stopped']}) after {evolution['generations']} "
+               f"generations, {evolution['merges']} merges.")
+    click.echo(f"Best: {best['name']} fitness {best['fitness']:.4f} "
+               f"(best foundation model {evolution['best_foundation_fitness']:.4f})")
+    click.echo(f"Report: {evolution['report']}")
     click.echo(f"Results in {out_dir.resolve()} ({summary['seconds']} s)")
     sys.stdout.flush()

@@ -43,7 +43,7 @@ def recipe_for(family, limit, strategy, max_merges):
 
     data = yaml.safe_load((REPO / "recipes" / "builtin-family.yaml").read_text())
     data["base"] = str(family.base)
-    data["models"] = [str(p) for p in family.models.values()]
+    data["models"] = [str(family.children[Path(m).name]) for m in data["models"]]
     data["evaluation"]["include_path"] = str(family.tasks_dir)
     data["evaluation"]["limit"] = limit
     data["strategy"] = strategy

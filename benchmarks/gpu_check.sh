@@ -39,7 +39,7 @@ from mergekit_kinship.zoo import build_family
 family = build_family(work / "family", progress=False)
 data = yaml.safe_load(Path("recipes/builtin-family.yaml").read_text())
 data["base"] = str(family.base)
-data["models"] = [str(p) for p in family.models.values()]
+data["models"] = [str(family.children[Path(m).name]) for m in data["models"]]
 data["evaluation"]["include_path"] = str(family.tasks_dir)
 data["evaluation"]["backend"] = backend
 data["evaluation"]["device"] = "cuda"

@@ -301,10 +301,11 @@ def test_compare_at_equal_merges(tiny, clean, tmp_path):
 
 
 def test_builtin_family_kinship_run_beats_every_foundation_model(tmp_path, monkeypatch):
-    """The evidence: on the built-in family, with real lm-eval scores (limit 50 per task to keep
-    the suite fast), strategy kinship runs to its stopping rule on CPU and its best child beats
-    every foundation model on the average fitness. The recipe is recipes/builtin-family.yaml
-    with its model paths pointed at the family this test builds (or finds in the cache)."""
+    """The evidence: recipes/builtin-family.yaml as shipped (real lm-eval on the full tasks;
+    with a `limit` the first items favour one foundation model and the claim does not hold),
+    its model paths pointed at the family this test builds or finds in the cache. Strategy
+    kinship runs to its stopping rule on CPU (not to a generation or merge budget) and its best
+    child beats every foundation model on the average fitness. About 3 minutes on 2 cores."""
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.zoo import build_family
 
@@ -312,12 +313,12 @@ def test_builtin_family_kinship_run_beats_every_foundation_model(tmp_path, monke
     family = build_family(progress=False)
     data = yaml.safe_load((TESTS.parent / "recipes" / "builtin-family.yaml").read_text())
     data["base"] = str(family.base)
-    data["models"] = [str(p) for p in family.children.values()]
-    data["evaluation"].update(include_path=str(family.tasks_dir), tasks=family.task_names,
-                              metrics={t: "acc" for t in family.task_names}, limit=50)
+    data["models"] = [str(family.children[Path(m).name]) for m in data["models"]]
+    data["evaluation"]["include_path"] = str(family.tasks_dir)
     recipe = parse_recipe(data, tmp_path, "builtin-family (test)")
     summary = evolve(recipe, tmp_path / "run", progress=False)
-    assert summary["stopped"] == "top-k unchanged"  # the paper's rule, not a budget
+    # stopped by a rule of the search (top-k unchanged, or the recipe's saturation), not a budget
+    assert summary["stopped"] in ("top-k unchanged", "saturation")
     models = summary["models"]
     best = models[summary["best"]]
     assert best["kind"] == "child"

@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -145,11 +146,14 @@ class RunDir:
                 raise UserError(f"{self.path} is in use by another evolve ({holder}); "
                                 f"wait for it to finish or use another --run-dir") from None
             raise
+        # flock dies with its process, so a lock file left by a killed or crashed evolve (its
+        # pid line still there) is taken over here without any pid or host guessing.
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}\n")
         fh.flush()
         self._lock_fh = fh
+        self.repair_journal()
 
     def unlock(self) -> None:
         if self._lock_fh is not None:
@@ -173,22 +177,68 @@ class RunDir:
         if _collected is not None:
             _collected.append({"pid": os.getpid(), **event})
             return
-        line = json.dumps({"pid": os.getpid(), **event}, sort_keys=True) + "\n"
-        with open(self.journal_path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+        data = (json.dumps({"pid": os.getpid(), **event}, sort_keys=True) + "\n").encode()
+        with open(self.journal_path, "ab") as fh:
+            if os.environ.get("MERGEKIT_KINSHIP_KILL_AT", "").startswith("journal"):
+                # Test hook: half a line on disk when the kill comes (power loss mid-write).
+                fh.write(data[:len(data) // 2])
+                fh.flush()
+                checkpoint("journal")
+                data = data[len(data) // 2:]
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
 
+    def repair_journal(self) -> Optional[str]:
+        """Drop a torn last journal line (a kill or power loss mid-append); call with the lock.
+
+        Only the last line can be torn: every append is one write, fsync'd before the next. The
+        torn bytes are kept in ``journal.torn`` and a warning goes to stderr. Returns them
+        (decoded), or None when the journal was whole. A bad line before the last is not a torn
+        write; :meth:`events` reports it.
+        """
+        try:
+            data = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        body, _, tail = data.rpartition(b"\n")
+        if not tail and body:  # ends with a newline: the last line may still be garbage
+            body, _, tail = body.rpartition(b"\n")
+            try:
+                json.loads(tail)
+                return None
+            except ValueError:
+                pass
+        elif not tail:
+            return None
+        keep = body + b"\n" if body else b""
+        with open(self.path / "journal.torn", "ab") as fh:
+            fh.write(tail + b"\n")
+        with open(self.journal_path, "r+b") as fh:
+            fh.truncate(len(keep))
+            fh.flush()
+            os.fsync(fh.fileno())
+        text = tail.decode("utf-8", "replace")
+        print(f"warning: {self.journal_path}: dropped a torn last line ({len(tail)} bytes, "
+              f"kept in journal.torn): the process writing it was killed", file=sys.stderr)
+        return text
+
     def events(self, kind: Optional[str] = None) -> list[dict]:
-        """Journal events in order; a torn last line (killed mid-write) is skipped."""
+        """Journal events in order; a torn last line (killed mid-write) is skipped, a corrupt line
+        before it is a :class:`UserError` naming the line."""
         if not self.journal_path.exists():
             return []
         out = []
-        for line in self.journal_path.read_text(encoding="utf-8").splitlines():
+        lines = self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
             try:
                 event = json.loads(line)
             except ValueError:
-                continue
+                if number == len(lines):
+                    continue  # torn by a kill; repair_journal drops it once the lock is held
+                raise UserError(f"{self.journal_path}: line {number} is not a JSON event "
+                                f"(corrupt journal; only the last line can be torn by a "
+                                f"crash): fix or delete that line") from None
             if kind is None or event.get("event") == kind:
                 out.append(event)
         return out

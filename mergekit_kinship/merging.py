@@ -92,14 +92,6 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
     mergekit's ``random_seed`` (DARE / DELLA sample). Memory: mergekit's lazy loader, one tensor
     set at a time; scratch on CUDA when used.
     """
-    import torch
-    from mergekit.config import MergeConfiguration
-    from mergekit.io.tasks import LoaderCache
-    from mergekit.merge import run_merge
-    from mergekit.options import MergeOptions
-
-    from mergekit_kinship.rundir import checkpoint
-
     out_dir = Path(out_dir).resolve()
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; a merge never overwrites a model")
@@ -107,6 +99,26 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
     tmp = tmp_root / out_dir.name
     shutil.rmtree(tmp, ignore_errors=True)
     tmp_root.mkdir(parents=True, exist_ok=True)
+
+    try:
+        _merge_into(yaml_text, tmp, out_dir, seed, cuda, marker, tokenizer_from)
+    except BaseException:
+        # A failed merge (a full disk, a mergekit error, Ctrl-C) leaves no partial child; only
+        # SIGKILL can leave .partial-* behind, and the next run removes those (clean_partials).
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    return out_dir
+
+
+def _merge_into(yaml_text: str, tmp: Path, out_dir: Path, seed, cuda, marker, tokenizer_from):
+    import torch
+    from mergekit.config import MergeConfiguration
+    from mergekit.io.tasks import LoaderCache
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    from mergekit_kinship.rundir import checkpoint
 
     config = MergeConfiguration.model_validate(yaml.safe_load(yaml_text))
     # Parents are opened fresh for every child: a cached loader would serve stale tensors if a
@@ -130,8 +142,6 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
     _fsync_tree(tmp)
     os.rename(tmp, out_dir)
     _fsync_dir(out_dir.parent)
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    return out_dir
 
 
 def read_marker(model_dir: str | Path) -> Optional[dict]:

@@ -8,6 +8,7 @@ marker names this child) and a finished score (a score file with this key) are n
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import shutil
@@ -46,6 +47,7 @@ class JobResult:
     scored_now: bool = False  # this call ran the evaluation
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
+    error: Optional[str] = None  # the evaluation failed for good (evaluation.on_error): skipped
 
 
 def merge_done(model_path: str | Path, model_id: str, identity: str) -> bool:
@@ -68,8 +70,19 @@ def ensure_merged(job: ChildJob) -> tuple[bool, float]:
         shutil.rmtree(path)
     run.append({"event": "merge-start", "child": job.model_id})
     started = time.perf_counter()
-    merge_yaml(job.yaml_text, path, seed=job.seed, tokenizer_from=job.tokenizer_from,
-               marker={"child": job.model_id, "identity": job.identity})
+    try:
+        merge_yaml(job.yaml_text, path, seed=job.seed, tokenizer_from=job.tokenizer_from,
+                   marker={"child": job.model_id, "identity": job.identity})
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        from mergekit_kinship.errors import UserError
+
+        # merge_yaml removed its partial folder; nothing of this child is left to trust.
+        run.append({"event": "merge-failed", "child": job.model_id, "error": str(err)})
+        raise UserError(f"{path.parent}: no space left on device while merging child "
+                        f"{job.model_id} (no partial child kept); free space and run evolve "
+                        f"again: it resumes here") from None
     seconds = time.perf_counter() - started
     run.append({"event": "merged", "child": job.model_id, "seconds": round(seconds, 3)})
     return True, seconds
@@ -97,8 +110,14 @@ def run_child_job(job: ChildJob) -> JobResult:
     scored_now, eval_seconds = False, 0.0
     if record is None:
         settings = EvaluationSettings.model_validate(job.evaluation)
-        run.append({"event": "eval-start", "model": job.model_id, "score_key": job.score_key})
-        result = resolve_evaluator()(job.model_path, settings)
+        failure = recorded_failure(run, job.score_key)
+        if failure is not None:  # skipped for good earlier in this run: stays skipped on resume
+            return JobResult(job.model_id, {}, merged_now=merged_now,
+                             merge_seconds=merge_seconds, error=failure)
+        result = _evaluate_with_policy(run, job, settings)
+        if isinstance(result, str):
+            return JobResult(job.model_id, {}, merged_now=merged_now,
+                             merge_seconds=merge_seconds, error=result)
         checkpoint("evaluate")  # tests kill the process here: scored, not yet recorded
         record = {"score_key": job.score_key, "model": job.model_id, "identity": job.identity,
                   "result": result.to_dict()}
@@ -109,3 +128,41 @@ def run_child_job(job: ChildJob) -> JobResult:
     result = record["result"]
     return JobResult(job.model_id, dict(result["scores"]), dict(result.get("stderr") or {}),
                      merged_now, scored_now, merge_seconds, eval_seconds)
+
+
+def recorded_failure(run: RunDir, score_key: str) -> Optional[str]:
+    """The error of an evaluation with this key that failed for good, or None."""
+    for event in reversed(run.events("eval-failed")):
+        if event.get("score_key") == score_key and event.get("final"):
+            return event["error"]
+    return None
+
+
+def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
+    """Run the evaluator under ``evaluation.on_error``; returns its result, or the error text
+    (one line) of a child that is skipped. A foundation model's failure always stops the run:
+    the pool would lose a model the user chose."""
+    from mergekit_kinship.errors import UserError
+
+    child = job.yaml_text is not None
+    tries = 1 + (settings.retries if settings.on_error == "retry" and child else 0)
+    for attempt in range(1, tries + 1):
+        run.append({"event": "eval-start", "model": job.model_id, "score_key": job.score_key})
+        try:
+            return resolve_evaluator()(job.model_path, settings)
+        except Exception as err:  # lm-eval, CUDA, a broken child: recorded, then policy
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            error = f"{type(err).__name__}: {first}" if first else type(err).__name__
+            stop = settings.on_error == "stop" or not child
+            # A UserError (e.g. no tokenizer) would fail again the same way: not retried.
+            final = not stop and (attempt == tries or isinstance(err, UserError))
+            run.append({"event": "eval-failed", "model": job.model_id,
+                        "score_key": job.score_key, "attempt": attempt, "error": error,
+                        "final": final})
+            if stop:
+                why = "evaluation.on_error: stop" if child else "a foundation model"
+                raise UserError(f"evaluation of {job.model_id} failed ({error}); the run stopped "
+                                f"({why}); fix it and run evolve again to resume") from None
+            if final:
+                return error
+    raise AssertionError("unreachable")

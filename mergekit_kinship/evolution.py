@@ -18,6 +18,7 @@ Identities:
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ class PoolModel:
     gain: Optional[float] = None
     seed: Optional[int] = None
     external: bool = False  # merged outside this tool (``plan`` + an imported scores file)
+    failed: Optional[str] = None  # its evaluation failed for good: skipped, never in the pool
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "kind": self.kind, "hub_id": self.hub_id,
@@ -65,7 +67,7 @@ class PoolModel:
                 "parents": list(self.parents), "exploration": self.exploration,
                 "method": self.method, "yaml": self.yaml, "parents_kinship": self.parents_kinship,
                 "scores": dict(self.scores), "stderr": dict(self.stderr), "fitness": self.fitness,
-                "gain": self.gain}
+                "gain": self.gain, **({"failed": self.failed} if self.failed else {})}
 
 
 class Run:
@@ -82,6 +84,7 @@ class Run:
         self.fingerprint = evaluation_fingerprint(recipe.evaluation)
         self.metrics = sorted({recipe.metric, "pcc"})
         self.pool: dict[str, PoolModel] = {}
+        self.failed: dict[str, PoolModel] = {}  # children skipped (evaluation.on_error)
         self.generations: list[dict] = []
         self.merged_pairs: set[frozenset[str]] = set()
         self._identities = {e["path"]: e for e in run_dir.events("identity")}
@@ -234,6 +237,12 @@ class Run:
 
         for result in results:
             m = self.pool[result.model_id]
+            if result.error is not None:
+                m.failed = result.error
+                self.failed[m.id] = self.pool.pop(m.id)
+                print(f"warning: {m.name} ({m.id}) skipped: its evaluation failed "
+                      f"({result.error})", file=sys.stderr)
+                continue
             m.scores, m.stderr = result.scores, result.stderr
             m.fitness = fitness(m.scores, self.recipe.evaluation)
             if m.kind == "child":
@@ -249,7 +258,7 @@ class Run:
                          seed=self.recipe.seed)
 
     def merges_done(self) -> int:
-        return sum(1 for m in self.pool.values() if m.kind == "child")
+        return sum(1 for m in [*self.pool.values(), *self.failed.values()] if m.kind == "child")
 
     def merges_left(self) -> Optional[int]:
         cap = self.recipe.stopping.max_merges
@@ -276,6 +285,7 @@ class Run:
             "stopped": stopped,
             "merges": self.merges_done(),
             "best": best,
+            "failed": {i: m.summary() for i, m in self.failed.items()},
         }
 
     def write_summary(self, stopped: Optional[str]) -> dict[str, Any]:
@@ -321,6 +331,67 @@ def default_kinship(paths: dict[str, str], base: str, metrics: list[str],
             for a, b in pairs}
 
 
+# Recipe fields that decide which children exist: a run directory made with other values holds
+# a different search. Evaluation (re-scored by content) and stopping (a longer or shorter run of
+# the same search) may change between runs of one directory.
+SEARCH_FIELDS = ("base", "models", "merge", "strategy", "top_k", "metric", "seed")
+
+
+def check_run_dir_compatible(rd: RunDir, recipe: Recipe) -> None:
+    """Refuse a run directory whose recipe differs from ``recipe`` in a :data:`SEARCH_FIELDS`
+    field (one line naming the fields and a free directory to use instead)."""
+    if not rd.recipe_path.is_file():
+        return
+    try:
+        old = yaml.safe_load(rd.recipe_path.read_text())
+    except yaml.YAMLError:
+        old = None
+    if not isinstance(old, dict):
+        raise UserError(f"{rd.recipe_path}: unreadable; this run directory was not written by "
+                        f"mergekit-kinship evolve (use another --run-dir)")
+    new = recipe.to_dict()
+    differ = [f for f in SEARCH_FIELDS if old.get(f) != new.get(f)]
+    if not differ:
+        return
+    def show(v):
+        text = v if isinstance(v, (str, int, float)) else json.dumps(v, sort_keys=True)
+        return str(text) if len(str(text)) <= 40 else str(text)[:37] + "..."
+    changes = "; ".join(f"{f} {show(old.get(f))} -> {show(new.get(f))}" for f in differ)
+    n = 2
+    while rd.path.with_name(f"{rd.path.name}-{n}").exists():
+        n += 1
+    raise UserError(f"{rd.path}: made by an incompatible recipe ({changes}); evaluation and "
+                    f"stopping may change, these may not: use a new --run-dir, e.g. "
+                    f"{rd.path.with_name(f'{rd.path.name}-{n}')}")
+
+
+def check_foundation_models(recipe: Recipe) -> None:
+    """Every local foundation model shares the base's architecture, tensor names and shapes.
+
+    Reads config.json and the safetensors headers only (a few KB per file, no weights); hub
+    models are checked when fetched. Raises :class:`UserError` naming the model and the tensor.
+    """
+    from mergekit_kinship.models import check_compatible, open_model
+
+    if recipe.base.path is None:
+        return
+    with open_model(recipe.base.path) as base:
+        for spec in recipe.models:
+            if spec.path is None:
+                continue
+            with open_model(spec.path) as model:
+                check_compatible([model], base)
+                for name, info in base.tensors.items():
+                    other = model.tensors.get(name)
+                    if other is None:
+                        raise UserError(f"{spec.path}: no tensor '{name}' (the base "
+                                        f"{recipe.base.path} has it): not a fine-tune of the base")
+                    if tuple(other.shape) != tuple(info.shape):
+                        raise UserError(f"{spec.path}: tensor '{name}' has shape "
+                                        f"{list(other.shape)}, the base's is {list(info.shape)}: "
+                                        f"not a fine-tune of the base")
+
+
 def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: Any = "local",
            kinship_fn: Optional[KinshipFn] = None, progress: bool = True,
            on_generation: Optional[Callable[[dict, dict], None]] = None) -> dict[str, Any]:
@@ -339,6 +410,8 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
         raise UserError(f"--keep: one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
     rd = RunDir(run_dir)
     with rd:
+        check_run_dir_compatible(rd, recipe)
+        check_foundation_models(recipe)
         rd.clean_partials()
         rd.write_text(rd.recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         run = Run(recipe, rd, kinship_fn, progress)
@@ -362,6 +435,8 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
                 rd.write_text(rd.yaml_path(child.id), child.yaml)
             # Merge and score the generation, then relate the children to the whole pool.
             run.score([c.id for c in children], work)
+            failed = [c.id for c in children if c.id in run.failed]
+            children = [c for c in children if c.id not in run.failed]
             run.measure_kinship([c.id for c in children])
             # Select.
             new_survivors = top_k(list(run.pool), run.state(generation).fitness, recipe.top_k)
@@ -381,6 +456,8 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
                       "best_fitness": run.pool[best].fitness,
                       "mean_fitness": sum(fitnesses) / len(fitnesses) if fitnesses else None,
                       "top_k_mutual_pcc": mutual_pcc}
+            if failed:
+                record["failed"] = failed
             run.generations.append(record)
             rd.append({"event": "generation", **record, "stopped": stopped})
             summary = run.write_summary(stopped)
@@ -424,8 +501,14 @@ def generation_table(summary: dict, index: int) -> str:
         kin = (m["parents_kinship"] or {}).get(metric)
         rows.append([m["name"], parents, _fmt(kin), *(_fmt(m["scores"].get(t)) for t in tasks),
                      _fmt(m["fitness"]), _fmt(m["gain"], signed=True)])
+    for cid in record.get("failed", []):
+        m = summary["failed"][cid]
+        parents = " x ".join(models[p]["name"] for p in m["parents"])
+        rows.append([m["name"], parents, _fmt((m["parents_kinship"] or {}).get(metric)),
+                     *("-" for _ in tasks), "failed", "-"])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"generation {index}: {len(rows)} children"]
+    lines = [f"generation {index}: {len(rows)} children"
+             + (f" ({len(record['failed'])} failed, skipped)" if record.get("failed") else "")]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
     best = models[record["best"]]
@@ -520,6 +603,8 @@ def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path
 
     rd = RunDir(run_dir)
     with rd:
+        check_run_dir_compatible(rd, recipe)
+        check_foundation_models(recipe)
         rd.write_text(rd.recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         run = Run(recipe, rd, kinship_fn, progress)
         run.add_foundation()

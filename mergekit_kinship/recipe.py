@@ -295,6 +295,16 @@ def parse_recipe(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise UserError(_format_error(source, err)) from None
+    n = len(recipe.models)
+    first_children = n * (n - 1) // 2  # generation 1 merges every foundation pair
+    if recipe.stopping.max_merges is not None:
+        first_children = min(first_children, recipe.stopping.max_merges)
+    if recipe.top_k > n + first_children:
+        # The first top-k is chosen from the foundation models and generation 1's children; a
+        # larger k keeps every model and selects nothing.
+        raise UserError(f"{source}: top_k: {recipe.top_k} is larger than the pool it selects "
+                        f"from ({n} foundation models + {first_children} children of "
+                        f"generation 1)")
     for spec in [recipe.base, *recipe.models]:
         if spec.path is not None:
             spec.path = str((base_dir / Path(spec.path).expanduser()).resolve())

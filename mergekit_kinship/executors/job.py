@@ -73,8 +73,10 @@ def ensure_merged(job: ChildJob) -> tuple[bool, float]:
     try:
         merge_yaml(job.yaml_text, path, seed=job.seed, tokenizer_from=job.tokenizer_from,
                    marker={"child": job.model_id, "identity": job.identity})
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except Exception as err:
+        # safetensors reports a full disk as its own error type, with the OS message inside.
+        if not (getattr(err, "errno", None) == errno.ENOSPC
+                or os.strerror(errno.ENOSPC) in str(err)):
             raise
         from mergekit_kinship.errors import UserError
 

@@ -473,7 +473,12 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
             if m.kind == "child" and not rd.model_dir(m.id).exists():
                 m.path = None
         rd.append({"event": "stop", "stopped": stopped, "best": best})
-        return run.write_summary(stopped)
+        summary = run.write_summary(stopped)
+        # Every child gets its Hub card: in its folder when kept, else under RUN_DIR/cards/.
+        from mergekit_kinship.card import write_cards
+
+        write_cards(rd.path, summary)
+        return summary
 
 
 # --- presentation (pure) ---------------------------------------------------------------------

@@ -302,3 +302,17 @@ def test_write_cards_covers_every_child_kept_or_not(tmp_path_factory, tmp_path):
     for model_id, path in written.items():
         where = copy / "models" / model_id if model_id in kept else copy / "cards" / model_id
         assert path == where / "README.md" and path.is_file()
+
+
+def test_evolve_leaves_a_card_for_every_child(tmp_path_factory):
+    from huggingface_hub import ModelCard
+
+    run_dir = finished_run(tmp_path_factory)
+    summary = load_summary(run_dir)
+    for model_id, model in summary["models"].items():
+        if model["kind"] != "child":
+            continue
+        where = Path(model["path"]) if model["path"] else run_dir / "cards" / model_id
+        card = ModelCard.load(where / "README.md")
+        assert "model-kinship" in card.data.tags
+        assert (run_dir / "yaml" / f"{model_id}.yaml").read_text() in card.text

@@ -54,10 +54,14 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.report import write_report
 
+    from mergekit_kinship.zoo.train import single_threaded
+
     recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
     run_dir = out_dir / "run"
-    summary = evolve(recipe, run_dir, keep="survivors", progress=progress,
-                     on_generation=lambda s, r: print_table(s, r, table_stream))
+    # Tiny models: torch's thread pool costs more than it saves (5-10x slower on busy cores).
+    with single_threaded():
+        summary = evolve(recipe, run_dir, keep="survivors", progress=progress,
+                         on_generation=lambda s, r: print_table(s, r, table_stream))
     report = write_report(run_dir)
     best = summary["models"][summary["best"]]
     foundation = [m["fitness"] for m in summary["models"].values() if m["kind"] == "foundation"]

@@ -19,9 +19,11 @@ lm-eval is imported inside the functions, never at module level, so importing th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
+import logging
 import importlib.metadata
 import importlib.util
 import math
@@ -401,6 +403,25 @@ def _as_float(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Silence lm-eval's INFO lines (several per task and model) and transformers' weight-loading
+    bar while one model is scored: over a run of dozens of children they bury the run's own
+    progress and tables. Warnings and errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("lm_eval")
+    level, bars = logger.level, hf_logging.is_progress_bar_enabled()
+    logger.setLevel(max(level, logging.WARNING))
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> EvaluationResult:
     """Score the model folder ``model_path`` on ``settings.tasks`` with ``lm_eval.simple_evaluate``.
 
@@ -427,19 +448,20 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
     device = resolve_device(settings) if settings.backend == "hf" else None
     started = time.perf_counter()
     try:
-        output = lm_eval.simple_evaluate(
-            model=settings.backend,
-            model_args=model_args,
-            tasks=_task_specs(settings, manager),
-            num_fewshot=settings.num_fewshot,
-            limit=settings.limit,
-            batch_size=settings.batch_size,
-            device=device,
-            apply_chat_template=settings.apply_chat_template,
-            task_manager=manager,
-            log_samples=False,
-            fewshot_random_seed=_FEWSHOT_SEED,
-        )
+        with _quiet_libraries():
+            output = lm_eval.simple_evaluate(
+                model=settings.backend,
+                model_args=model_args,
+                tasks=_task_specs(settings, manager),
+                num_fewshot=settings.num_fewshot,
+                limit=settings.limit,
+                batch_size=settings.batch_size,
+                device=device,
+                apply_chat_template=settings.apply_chat_template,
+                task_manager=manager,
+                log_samples=False,
+                fewshot_random_seed=_FEWSHOT_SEED,
+            )
     finally:
         # lm-eval keeps no reference to the model after returning; collect it now so that the next
         # child does not meet this one's memory (matters on a GPU).

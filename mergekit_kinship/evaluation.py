@@ -65,10 +65,10 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
     backend: Literal["hf", "vllm"] = "hf"
     model_args: dict[str, Any] = {}
     device: str | None = None
-    # What a child whose evaluation raises becomes (the error is journaled either way): retried
-    # ``retries`` more times then skipped, skipped at once, or the run stops (resumable).
-    # Not in the fingerprint: they change what is done on failure, never a score.
-    on_error: Literal["retry", "skip", "stop"] = "retry"
+    # What a child whose evaluation raises becomes (the error is journaled either way): the run
+    # stops (resumable; Ray's --retries apply first), or it is retried ``retries`` more times
+    # then skipped, or skipped at once. Not in the fingerprint: never changes a score.
+    on_error: Literal["stop", "retry", "skip"] = "stop"
     retries: int = pydantic.Field(1, ge=0)
 
     @pydantic.field_validator("tasks")

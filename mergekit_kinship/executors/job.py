@@ -132,6 +132,11 @@ def run_child_job(job: ChildJob) -> JobResult:
                      merged_now, scored_now, merge_seconds, eval_seconds)
 
 
+class EvaluationFailed(RuntimeError):
+    """An evaluation raised and the run stops (``evaluation.on_error: stop``, or a foundation
+    model); the message is one line naming the model and the error."""
+
+
 def recorded_failure(run: RunDir, score_key: str) -> Optional[str]:
     """The error of an evaluation with this key that failed for good, or None."""
     for event in reversed(run.events("eval-failed")):
@@ -161,10 +166,15 @@ def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
             run.append({"event": "eval-failed", "model": job.model_id,
                         "score_key": job.score_key, "attempt": attempt, "error": error,
                         "final": final})
+            if stop and isinstance(err, UserError):
+                raise  # already one line naming what to fix
             if stop:
                 why = "evaluation.on_error: stop" if child else "a foundation model"
-                raise UserError(f"evaluation of {job.model_id} failed ({error}); the run stopped "
-                                f"({why}); fix it and run evolve again to resume") from None
+                message = (f"evaluation of {job.model_id} failed ({error}); the run stopped "
+                           f"({why}); fix it and run evolve again to resume")
+                # Not a UserError: an executor with its own retries (Ray) retries it; the local
+                # executor shows it as one line.
+                raise EvaluationFailed(message) from err
             if final:
                 return error
     raise AssertionError("unreachable")

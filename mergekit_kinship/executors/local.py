@@ -6,7 +6,9 @@ import sys
 from typing import Sequence
 
 from mergekit_kinship.executors import register_executor
-from mergekit_kinship.executors.job import ChildJob, JobResult, run_child_job
+from mergekit_kinship.errors import UserError
+from mergekit_kinship.executors.job import (
+    ChildJob, EvaluationFailed, JobResult, run_child_job)
 
 
 class LocalExecutor:
@@ -19,7 +21,10 @@ class LocalExecutor:
 
         bar = tqdm(jobs, desc="merge + score", unit="child", file=sys.stderr,
                    disable=not progress or len(jobs) == 0, leave=False)
-        return [run_child_job(job) for job in bar]
+        try:
+            return [run_child_job(job) for job in bar]
+        except EvaluationFailed as err:  # the run stops on it: one line, no traceback
+            raise UserError(str(err)) from None
 
 
 register_executor("local", LocalExecutor)

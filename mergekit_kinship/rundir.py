@@ -279,6 +279,11 @@ class RunDir:
         if self.models_dir.exists():
             for d in self.models_dir.glob(".partial-*"):
                 shutil.rmtree(d, ignore_errors=True)
+        # Temporary files of write_text from a killed process (called with the lock held,
+        # before any job runs, so no live writer owns one).
+        for folder in (self.path, self.yaml_dir, self.scores_dir):
+            for f in folder.glob(".*.tmp-*"):
+                f.unlink(missing_ok=True)
 
     def prune(self, keep_ids: Iterable[str]) -> list[str]:
         """Delete merged weights of every child not in ``keep_ids``; YAML and scores stay."""

@@ -123,6 +123,7 @@ def repeats_within_kills(run_dir):
 def assert_clean_run_dir(run_dir):
     run_dir = Path(run_dir)
     assert not list((run_dir / "models").glob(".partial-*")), "a partial merge was left behind"
+    assert not list(run_dir.rglob(".*.tmp-*")), "a temporary file was left behind"
     for number, line in enumerate((run_dir / "journal.jsonl").read_text().splitlines(), 1):
         json.loads(line)  # every line whole after the last resume
 

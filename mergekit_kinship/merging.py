@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -95,7 +96,8 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
     out_dir = Path(out_dir).resolve()
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; a merge never overwrites a model")
-    tmp_root = out_dir.parent / f".partial-{os.getpid()}"
+    # Host and pid: Ray workers on several machines share the run directory.
+    tmp_root = out_dir.parent / f".partial-{socket.gethostname()}-{os.getpid()}"
     tmp = tmp_root / out_dir.name
     shutil.rmtree(tmp, ignore_errors=True)
     tmp_root.mkdir(parents=True, exist_ok=True)

@@ -180,3 +180,35 @@ def test_integer_tensor_must_be_excluded(fam):
     base = write_model(fam["root"] / "int_base", base_weights, fam["base"])
     a = write_model(fam["root"] / "int_a", weights, fam["base"])
     assert_user_error(run_cli("kinship", a, fam["b"], "--base", base), "'model.step'", "I64")
+
+
+@pytest.mark.parametrize("option", ["--csv", "--plot"])
+def test_output_file_in_a_missing_folder_fails_before_reading(fam, tmp_path, option):
+    target = tmp_path / "no_such_dir" / ("k.csv" if option == "--csv" else "k.png")
+    line = assert_user_error(run_cli("matrix", fam["a"], fam["b"], "--base", fam["base"], "-q", option, target),
+                             option, "no such folder")
+    assert str(target.parent) in line
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_device_that_cannot_hold_float64_sums(fam, device):
+    assert_user_error(run_cli("kinship", fam["a"], fam["b"], "--base", fam["base"], "--device", device),
+                      f"device '{device}'", "'cpu' or 'cuda'")
+
+
+@pytest.mark.parametrize("field, value", [("data_offsets", ["0", "128"]), ("data_offsets", [0.0, 128.0]),
+                                          ("shape", [-32, -1])])
+def test_safetensors_header_with_bad_numbers(fam, field, value):
+    import struct
+
+    bad = fam["root"] / f"header_{field}_{value}"
+    shutil.copytree(fam["a"], bad, dirs_exist_ok=True)
+    file = bad / "model.safetensors"
+    data = file.read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + hlen])
+    header["model.norm.weight"][field] = value
+    raw = json.dumps(header).encode()
+    file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + hlen :])
+    assert_user_error(run_cli("kinship", bad, fam["b"], "--base", fam["base"]), "corrupt safetensors header",
+                      "'model.norm.weight'")

@@ -6,6 +6,7 @@ Only click and the standard library are imported here; the engine (torch) loads 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import warnings
 
@@ -113,17 +114,25 @@ def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, c
         raise UserError(f"matrix needs at least two models, got {len(models)}")
     if plot_path and not plot_path.lower().endswith((".png", ".pdf", ".svg", ".jpg", ".jpeg")):
         raise UserError(f"--plot {plot_path}: give a .png, .pdf, .svg or .jpg file name")
+    for option, path in (("--csv", csv_path), ("--plot", plot_path)):
+        # click checks only a file that exists: a missing folder would fail after the whole read
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise UserError(f"{option} {path}: no such folder {folder}")
     result = _warn_on_stderr(lambda: kinship_matrix(
         list(models), base, metrics=metric, include=include or None, exclude=exclude or None,
         device=device, progress=not quiet,
     ))
-    if csv_path:
-        with open(csv_path, "w", encoding="utf-8") as fh:
-            fh.write(result.csv_text())
-    if plot_path:
-        from mergekit_kinship.heatmap import plot_matrix
+    try:
+        if csv_path:
+            with open(csv_path, "w", encoding="utf-8") as fh:
+                fh.write(result.csv_text())
+        if plot_path:
+            from mergekit_kinship.heatmap import plot_matrix
 
-        plot_matrix(result, plot_path)
+            plot_matrix(result, plot_path)
+    except OSError as err:
+        raise UserError(f"cannot write {err.filename or csv_path or plot_path}: {err.strerror or err}") from None
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

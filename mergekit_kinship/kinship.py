@@ -470,8 +470,12 @@ def _device(device) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise UserError(f"device '{device}': {err}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device '{device}': kinship runs on 'cpu' or 'cuda' (float64 accumulators)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{device}': no CUDA GPU is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device '{device}': only {torch.cuda.device_count()} CUDA GPU(s) here")
     return dev
 
 
@@ -525,6 +529,8 @@ def _stream(items: list[_Item], sources: list[Model], source_names: list[str], p
     n_models = len(sources) - 1
     jobs = []
     for item in items:
+        if not item.numel:  # an empty tensor adds nothing (and has no item size to divide by)
+            continue
         itemsize = max(info.itemsize for info in item.infos)
         step = max(1, BLOCK_BYTES // itemsize)
         for start in range(0, item.numel, step):

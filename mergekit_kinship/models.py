@@ -277,8 +277,11 @@ def read_safetensors_header(file: Path) -> tuple[dict[str, dict], int]:
     end = 0
     for key, entry in header.items():
         try:
-            dtype, shape, (lo, hi) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+            dtype, shape, (lo, hi) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
             item = _itemsize(dtype)
+            for value in (*shape, lo, hi):
+                if type(value) is not int or value < 0:
+                    raise ValueError(f"{value!r} is not a size or offset")
         except (TypeError, KeyError, ValueError) as err:
             raise UserError(f"{file}: corrupt safetensors header at tensor '{key}' ({err})") from None
         numel = 1

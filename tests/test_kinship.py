@@ -225,3 +225,16 @@ def test_package_level_api(family):
     result = package_kinship(family["a"], family["b"], family["base"], metrics="pcc", progress=False)
     assert result.values == kinship(family["a"], family["b"], family["base"], metrics="pcc", progress=False).values
     assert package_matrix is kinship_matrix
+
+
+def test_empty_tensor_adds_nothing(family, tmp_path):
+    # A zero-element tensor (shape [0, 4]) in every model: no item size to divide blocks by.
+    base, a, b = family["base"], family["a"], family["b"]
+    out = {}
+    for name in ("base", "a", "b"):
+        weights = read_weights(family[name])
+        weights["model.empty"] = torch.zeros(0, 4)
+        out[name] = write_model(tmp_path / name, weights, base)
+    result = kinship(out["a"], out["b"], out["base"], progress=False)
+    assert_close(result.values, dense_kinship(base, a, b))
+    assert result.n_tensors == len(read_weights(base)) + 1

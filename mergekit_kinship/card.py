@@ -417,10 +417,12 @@ def write_card(summary: dict, model_id: str, out_path: str | os.PathLike) -> Pat
 
 
 def default_card_path(run_dir: str | os.PathLike, summary: dict, model_id: str) -> Path:
-    """``README.md`` inside the model's folder when its weights are kept, else
-    ``RUN_DIR/cards/<id>/README.md``."""
-    path = summary["models"][model_id].get("path")
-    if path and Path(path).is_dir():
+    """``README.md`` inside a child's folder when its weights are kept, else
+    ``RUN_DIR/cards/<id>/README.md``. A foundation model's folder is the user's (or the Hub
+    cache's), never the run's: its card always goes under ``RUN_DIR/cards``."""
+    model = summary["models"][model_id]
+    path = model.get("path")
+    if model["kind"] == "child" and path and Path(path).is_dir():
         return Path(path) / "README.md"
     return Path(run_dir) / "cards" / model_id / "README.md"
 

@@ -221,6 +221,19 @@ def test_card_command_writes_where_the_weights_are(run):
     assert "kin-g2b" in (run_dir / "cards" / "g2b" / "README.md").read_text()
 
 
+def test_card_of_a_foundation_model_never_writes_into_its_folder(run, tmp_path):
+    run_dir, summary = run
+    own = tmp_path / "users-math-model"
+    own.mkdir()
+    (own / "README.md").write_text("the user's own card")
+    summary["models"]["math"]["path"] = str(own)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    result = CliRunner().invoke(main, ["card", str(run_dir), "math"])
+    assert result.exit_code == 0, result.output
+    assert (own / "README.md").read_text() == "the user's own card"
+    assert (run_dir / "cards" / "math" / "README.md").is_file()
+
+
 def test_card_command_user_errors(run, tmp_path):
     run_dir, _ = run
     runner = CliRunner()
@@ -231,6 +244,12 @@ def test_card_command_user_errors(run, tmp_path):
     empty.mkdir()
     missing = runner.invoke(main, ["card", str(empty), "g3x"])
     assert missing.exit_code == 2 and "summary.json not found" in missing.output
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    unwritable = runner.invoke(main, ["card", str(run_dir), "g3x", "--out", str(blocked / "README.md")])
+    assert unwritable.exit_code == 2 and "Error: --out" in unwritable.output, unwritable.output
+    private = runner.invoke(main, ["card", str(run_dir), "g3x", "--private"])
+    assert private.exit_code == 2 and "--private applies to --push-to-hub" in private.output
     broken = json.loads((run_dir / "summary.json").read_text())
     broken["models"]["g3x"]["parents"] = ["g2a", "ghost"]
     (run_dir / "summary.json").write_text(json.dumps(broken))

@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_card import finished_run
+from test_card import finished_run, synthetic_summary
 
 from mergekit_kinship.card import load_summary
 from mergekit_kinship.cli import main
@@ -126,3 +126,12 @@ def test_report_of_a_folder_without_a_run_is_a_user_error(tmp_path):
     (tmp_path / "summary.json").write_text("{not json")
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "not valid JSON" in result.output
+
+
+def test_report_out_that_cannot_be_written_is_a_user_error(tmp_path):
+    synthetic_summary(tmp_path)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = CliRunner().invoke(main, ["report", str(tmp_path), "--out", str(blocked / "report.html")])
+    assert result.exit_code == 2, result.output
+    assert "Error: --out" in result.output and "cannot write the report" in result.output

@@ -26,11 +26,18 @@ def card_cmd(run_dir, child, out_path, repo_id, private, as_json):
     from pathlib import Path
 
     from mergekit_kinship.card import default_card_path, find_model, load_summary, push_to_hub, write_card
+    from mergekit_kinship.errors import UserError
 
+    if private and not repo_id:
+        raise UserError("--private applies to --push-to-hub only; add --push-to-hub owner/name")
     summary = load_summary(run_dir)
     model_id = find_model(summary, child)
     target = Path(out_path) if out_path else default_card_path(run_dir, summary, model_id)
-    written = write_card(summary, model_id, target)
+    try:
+        written = write_card(summary, model_id, target)
+    except OSError as err:
+        raise UserError(f"{'--out ' if out_path else ''}{target}: cannot write the card "
+                        f"({err.strerror or err})") from None
     url = None
     if repo_id:
         model_path = summary["models"][model_id].get("path")

@@ -17,9 +17,14 @@ def report_cmd(run_dir, out_path, as_json):
     import json
 
     from mergekit_kinship.card import load_summary
+    from mergekit_kinship.errors import UserError
     from mergekit_kinship.report import kinship_gain_statistics, saturation, write_report
 
-    written = write_report(run_dir, out_path)
+    try:
+        written = write_report(run_dir, out_path)
+    except OSError as err:
+        where = f"--out {out_path}" if out_path else f"{run_dir}/report.html"
+        raise UserError(f"{where}: cannot write the report ({err.strerror or err})") from None
     summary = load_summary(run_dir)
     stats = kinship_gain_statistics(summary)
     sat = saturation(summary)

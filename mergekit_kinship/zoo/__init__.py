@@ -2,7 +2,7 @@
 grandchild, plus one lm-eval task per skill (``zoo/tasks``), all built on CPU in about a minute.
 
 >>> fam = build_family()                     # cached in default_cache_dir(), reused when built
->>> fam.base, fam.children["add"], fam.task_names
+>>> fam.base, fam.children["reverse"], fam.task_names
 """
 
 from mergekit_kinship.zoo.family import (

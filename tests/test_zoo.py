@@ -182,3 +182,25 @@ def test_demo_prints_the_family_kinship(family, tmp_path):
 
     table = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path)])
     assert table.exit_code == 0 and "reverse_sort" in table.stdout and "{" not in table.stdout
+
+
+def test_demo_refuses_an_out_holding_another_familys_run(family, tmp_path):
+    """A demo run of another family (another --seed) under --out is one line that names --out
+    (evolve's advice, a new --run-dir, is not a demo option), and kinship.json is left alone."""
+    import yaml
+
+    from mergekit_kinship.commands.demo import _check_out_holds_this_family, demo_recipe
+    from mergekit_kinship.recipe import parse_recipe
+
+    same = parse_recipe(demo_recipe(family), tmp_path).to_dict()
+    other = dict(same, seed=same["seed"] + 1)  # any search field of another family's run
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(same))
+    _check_out_holds_this_family(family, tmp_path)  # the demo's own run: resumed, not refused
+    (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(other))
+    (tmp_path / "kinship.json").write_text("earlier")
+    result = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"Error: --out {tmp_path}: holds the demo run of another family" in result.output
+    assert "--run-dir" not in result.output
+    assert (tmp_path / "kinship.json").read_text() == "earlier"

@@ -77,6 +77,23 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     }
 
 
+def _check_out_holds_this_family(family, out_dir: Path) -> None:
+    """UserError, before anything under ``out_dir`` is written, when ``out_dir/run`` is the demo
+    run of another family (another --seed or --family-dir): evolve would refuse it and offer a
+    --run-dir, an option the demo does not have."""
+    from mergekit_kinship.errors import UserError
+    from mergekit_kinship.evolution import check_run_dir_compatible
+    from mergekit_kinship.recipe import parse_recipe
+    from mergekit_kinship.rundir import RunDir
+
+    recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
+    try:
+        check_run_dir_compatible(RunDir(out_dir / "run"), recipe)
+    except UserError:
+        raise UserError(f"--out {out_dir}: holds the demo run of another family (another --seed or "
+                        f"--family-dir); choose another --out, or remove {out_dir / 'run'}") from None
+
+
 def _matrix_table(names: list[str], values: list[list[float | None]], parent: dict[str, str]) -> str:
     width = max(len(n) for n in names)
     col = max(7, width)
@@ -123,6 +140,7 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
 
     family = build_family(family_dir, seed=seed, progress=not quiet)
     step(f"      {family.root}")
+    _check_out_holds_this_family(family, out_dir)
 
     step("[2/3] kinship: PCC of weight deltas from the base")
     from mergekit_kinship.kinship import kinship_matrix

@@ -19,6 +19,7 @@ Identities:
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,8 @@ class Run:
             for parent in m.parents:  # parents of a pruned child may be pruned too
                 self.model_path(parent)
             ensure_merged(self.job(m))
-        return str(folder)
+        m.path = str(folder)
+        return m.path
 
     def job(self, m: PoolModel):
         from mergekit_kinship.executors.job import ChildJob
@@ -232,6 +234,12 @@ class Run:
 
     def score(self, ids: list[str], executor) -> None:
         """Merge (children) and score every model of ``ids`` through the executor."""
+        for i in ids:  # a child still to merge needs its parents' folders (pruned: merged again)
+            m = self.pool[i]
+            if m.kind == "child" and self.rd.read_score(self.score_key(m.identity)) is None:
+                for parent in m.parents:
+                    if self.pool[parent].kind == "child":
+                        self.model_path(parent)
         results = executor.run([self.job(self.pool[i]) for i in ids], progress=self.progress)
         from mergekit_kinship.evaluation import fitness
 
@@ -379,6 +387,11 @@ def check_foundation_models(recipe: Recipe) -> None:
         for spec in recipe.models:
             if spec.path is None:
                 continue
+            if Path(spec.path).resolve() == Path(recipe.base.path).resolve():
+                # Found only after scoring otherwise: its delta is zero, kinship is undefined.
+                raise UserError(f"models: {spec.display_name} is the base itself "
+                                f"({recipe.base.path}): a foundation model must be a fine-tune "
+                                f"of the base")
             with open_model(spec.path) as model:
                 check_compatible([model], base)
                 for name, info in base.tensors.items():
@@ -469,6 +482,9 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
         best = summary["best"]
         keep_ids = {"all": list(run.pool), "survivors": survivors, "best": [best]}[keep]
         rd.prune(keep_ids)
+        for i in keep_ids:  # kept, but pruned by an earlier --keep: merged again
+            if run.pool[i].kind == "child":
+                run.model_path(i)
         for m in run.pool.values():
             if m.kind == "child" and not rd.model_dir(m.id).exists():
                 m.path = None
@@ -576,6 +592,17 @@ def _import_scores(run: Run, scores_file: Path) -> None:
         missing = [t for t in tasks if t not in entry["scores"]]
         if missing:
             raise UserError(f"{scores_file}: models.{name}.scores: no score for {', '.join(missing)}")
+        scores = {}
+        for t in tasks:
+            value = entry["scores"][t]
+            try:  # bool is an int to Python; NaN would break every fitness comparison
+                number = float(value) if not isinstance(value, bool) else math.nan
+            except (TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number):
+                raise UserError(f"{scores_file}: models.{name}.scores.{t}: a finite number, "
+                                f"not {value!r}")
+            scores[t] = number
         if m.kind == "child" and not m.external and m.path is None:
             path = entry.get("path")
             if not path or not Path(path, "config.json").is_file():
@@ -583,7 +610,6 @@ def _import_scores(run: Run, scores_file: Path) -> None:
                                 f"wrote for this child (with config.json)")
             m.path, m.external = str(Path(path).resolve()), True
             run.rd.append({"event": "external", "child": m.id, "path": m.path})
-        scores = {t: float(entry["scores"][t]) for t in tasks}
         key = run.score_key(m.identity)
         record = {"score_key": key, "model": m.id, "identity": m.identity, "imported": str(scores_file),
                   "result": {"scores": scores, "fitness": fitness(scores, run.recipe.evaluation),
@@ -613,14 +639,22 @@ def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path
         rd.write_text(rd.recipe_path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         run = Run(recipe, rd, kinship_fn, progress)
         run.add_foundation()
-        summary_models = {}
+        summary_models, failed_pairs = {}, []
         if rd.summary_path.exists():
-            summary_models = json.loads(rd.summary_path.read_text()).get("models", {})
+            summary = json.loads(rd.summary_path.read_text())
+            summary_models = summary.get("models", {})
+            # Children skipped after a failed evaluation were merged: never planned again.
+            failed_pairs = [frozenset(f["parents"]) for f in summary.get("failed", {}).values()]
+        evolved = set()
         for cid, entry in summary_models.items():  # children evolve finished here
-            if entry["kind"] == "child" and rd.model_dir(cid).exists():
+            if entry["kind"] == "child":
+                # A child pruned by --keep is still in the pool: its pair was merged, its score
+                # and kinship are known, and it may be a parent (merged again from its YAML).
+                evolved.add(cid)
+                folder = rd.model_dir(cid)
                 run.pool[cid] = PoolModel(
                     id=cid, name=entry["name"], kind="child", identity=entry["identity"],
-                    path=str(rd.model_dir(cid)), generation=entry["generation"],
+                    path=str(folder) if folder.exists() else None, generation=entry["generation"],
                     parents=entry["parents"], exploration=entry["exploration"],
                     method=entry["method"], yaml=entry["yaml"],
                     parents_kinship=entry["parents_kinship"])
@@ -641,7 +675,7 @@ def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path
             record = run.rd.read_score(run.score_key(m.identity))
             if record is not None:
                 m.scores = record["result"]["scores"]
-            if m.kind == "child" and (record is None or m.path is None):
+            if m.kind == "child" and (record is None or (m.path is None and m.id not in evolved)):
                 pending.append(m.name)
                 del run.pool[m.id]
         unscored = [m.name for m in run.pool.values() if m.kind == "foundation" and not m.scores]
@@ -660,8 +694,13 @@ def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path
             if m.kind == "child":
                 run.merged_pairs.add(frozenset(m.parents))
                 m.gain = m.fitness - sum(run.pool[p].fitness for p in m.parents) / 2
+        run.merged_pairs.update(failed_pairs)
         run.measure_kinship(list(run.pool))
         candidates = plan_generation(recipe.strategy, run.state(generation), run.merges_left())
+        for parent in {p for c in candidates for p in c.parents}:
+            if run.pool[parent].kind == "child" and run.pool[parent].path is None:
+                # Pruned by --keep: the YAML we write names its folder, so it must exist.
+                run.pool[parent].path = run.model_path(parent)
         children = [run.make_child(c, generation, i + 1) for i, c in enumerate(candidates)]
         out_dir = rd.plan_dir / f"gen-{generation}"
         entries = []

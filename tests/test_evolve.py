@@ -188,6 +188,45 @@ def test_keep_best_prunes_weights_only(tiny, clean, tmp_path):
     assert all((pruned["models"][i]["path"] is None) == (i != s["best"]) for i in children)
     assert len(list((copy / "yaml").iterdir())) == len(children)  # YAML and scores stay
     assert lineage(pruned) == lineage(s)
+    # Running it again merges nothing: a scored child needs no weights, so pruned stays pruned.
+    merged = len(events(copy, "merged"))
+    again = evolve(load_recipe(tiny["recipe"]), copy, keep="best", progress=False)
+    assert len(events(copy, "merged")) == merged and lineage(again) == lineage(s)
+    assert [d.name for d in (copy / "models").iterdir()] == [s["best"]]
+    # plan after --keep: pruned children stay in the pool (their pairs were merged), so the plan
+    # equals the one of the unpruned run, and every parent its YAML names is on disk.
+    full = tmp_path / "full"
+    shutil.copytree(run_dir, full)
+    recipe = load_recipe(tiny["recipe"])
+    want, got = plan_next(recipe, full, progress=False), plan_next(recipe, copy, progress=False)
+    assert [(c["id"], c["exploration"]) for c in got["children"]] == \
+        [(c["id"], c["exploration"]) for c in want["children"]]
+    assert got["generation"] == want["generation"] == 1 + max(m["generation"] for m in
+                                                             s["models"].values())
+    for c in got["children"]:
+        for p in c["parents"]:
+            if p in children:
+                assert (copy / "models" / p / "config.json").is_file()
+
+
+def test_pruned_parent_is_merged_again(tiny, clean, tmp_path):
+    """A run stopped early with --keep best, then continued: the pruned children the later
+    generations merge from are merged again (only once each), and the result is the clean one."""
+    run_dir, s = clean
+    assert len(s["generations"]) >= 3
+    recipe = load_recipe(tiny["recipe"])
+    short = recipe.model_copy(update={"stopping": recipe.stopping.model_copy(
+        update={"max_generations": 2})})
+    d = tmp_path / "short"
+    first = evolve(short, d, keep="best", progress=False)
+    assert len(list((d / "models").iterdir())) == 1
+    full = evolve(recipe, d, progress=False)
+    assert lineage(full) == lineage(s)
+    merged = Counter(e["child"] for e in events(d, "merged"))
+    pruned = [i for i, m in first["models"].items() if m["kind"] == "child" and i != first["best"]]
+    assert all(merged[i] == 2 for i in pruned) and max(merged.values()) == 2
+    assert all((d / "models" / i / "config.json").is_file() for i in full["models"]
+               if full["models"][i]["kind"] == "child")
 
 
 def _cli(tiny, run_dir, extra_env=None, *args):
@@ -263,6 +302,11 @@ def test_plan_with_imported_scores(tiny, clean, tmp_path):
     bad.write_text(yaml.safe_dump({"models": {"child0": {"scores": {"skill0": 0.5}}}}))
     with pytest.raises(UserError, match="no score for skill1"):
         plan_next(recipe, run_dir, scores_file=bad, progress=False)
+    for value in (None, "high", float("nan"), True):
+        bad.write_text(yaml.safe_dump({"models": {"child0": {"scores": {
+            "skill0": 0.5, "skill1": value, "skill2": 0.5}}}}))
+        with pytest.raises(UserError, match="scores.skill1: a finite number"):
+            plan_next(recipe, run_dir, scores_file=bad, progress=False)
 
 
 def test_compare_at_equal_merges(tiny, clean, tmp_path):

@@ -141,6 +141,8 @@ BAD_RECIPES = [
     ("folder_not_a_model", {"models": ["./fam/child0", "./fam"]}, "no config.json"),
     ("config_but_no_weights", {"models": ["./fam/child0", "./fam/noweights"]},
      "noweights is not a model: no model.safetensors"),
+    ("base_as_foundation_model", {"models": ["./fam/child0", "./fam/base"]},
+     "models: base is the base itself"),
     ("other_hidden_size", {"models": ["./fam/child0", "./fam/wide"]}, "hidden size 48"),
     ("other_tensor_shape", {"models": ["./fam/child0", "./fam/fatmlp"]},
      "fatmlp: tensor 'model.layers.0.mlp.down_proj.weight' has shape [32, 80]"),

@@ -107,15 +107,16 @@ def run_child_job(job: ChildJob) -> JobResult:
     from mergekit_kinship.evaluation import EvaluationSettings
 
     run = RunDir(job.run_dir)
-    merged_now, merge_seconds = ensure_merged(job)
     record = run.read_score(job.score_key)
+    failure = recorded_failure(run, job.score_key) if record is None else None
+    if failure is not None:  # skipped for good earlier in this run: stays skipped on resume
+        return JobResult(job.model_id, {}, error=failure)
+    # A scored child needs no weights (one pruned by --keep stays pruned unless it is needed
+    # again as a parent or for kinship: Run.model_path merges it then).
+    merged_now, merge_seconds = (False, 0.0) if record is not None else ensure_merged(job)
     scored_now, eval_seconds = False, 0.0
     if record is None:
         settings = EvaluationSettings.model_validate(job.evaluation)
-        failure = recorded_failure(run, job.score_key)
-        if failure is not None:  # skipped for good earlier in this run: stays skipped on resume
-            return JobResult(job.model_id, {}, merged_now=merged_now,
-                             merge_seconds=merge_seconds, error=failure)
         result = _evaluate_with_policy(run, job, settings)
         if isinstance(result, str):
             return JobResult(job.model_id, {}, merged_now=merged_now,

@@ -403,21 +403,36 @@ def _as_float(value) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _routine_warning(record: logging.LogRecord) -> bool:
+    """False for two lm-eval warnings that every evaluation of a task repeats and that say
+    nothing is wrong: a task with a ``custom_dataset`` loader (two lines per task and model; the
+    built-in family's tasks have one), and ``num_fewshot`` set where the task has no default."""
+    message = record.getMessage()
+    return not ("Custom kwargs can be passed to `--metadata`" in message
+                or (message.startswith("Overwriting default num_fewshot of ") and " from None to " in message))
+
+
 @contextlib.contextmanager
 def _quiet_libraries():
-    """Silence lm-eval's INFO lines (several per task and model) and transformers' weight-loading
-    bar while one model is scored: over a run of dozens of children they bury the run's own
-    progress and tables. Warnings and errors still show."""
+    """Silence lm-eval's INFO lines (several per task and model), its routine warnings
+    (:func:`_routine_warning`) and transformers' weight-loading bar while one model is scored:
+    over a run of dozens of children they bury the run's own progress and tables. Other warnings
+    and errors still show."""
     from transformers.utils import logging as hf_logging
 
     logger = logging.getLogger("lm_eval")
+    routine = [logging.getLogger(name) for name in ("lm_eval.api.task", "lm_eval.evaluator")]
     level, bars = logger.level, hf_logging.is_progress_bar_enabled()
     logger.setLevel(max(level, logging.WARNING))
+    for emitter in routine:
+        emitter.addFilter(_routine_warning)
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         logger.setLevel(level)
+        for emitter in routine:
+            emitter.removeFilter(_routine_warning)
         if bars:
             hf_logging.enable_progress_bar()
 

@@ -127,8 +127,12 @@ class RunDir:
         self._lock_fh = None
 
     def create(self) -> "RunDir":
-        for d in (self.path, self.yaml_dir, self.models_dir, self.scores_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        try:
+            for d in (self.path, self.yaml_dir, self.models_dir, self.scores_dir):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # read-only, no permission, a file in the way: the user's to fix
+            raise UserError(f"{self.path}: cannot use it as a run directory "
+                            f"({err.strerror or err}); choose another --run-dir") from None
         return self
 
     # locking

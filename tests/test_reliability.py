@@ -174,6 +174,12 @@ def test_lm_eval_task_and_metric_checked_before_merging(fam, monkeypatch, evalua
     assert not (root / "bad-task-run").exists()
 
 
+def test_unusable_run_dir_is_one_line(fam, tmp_path):
+    (tmp_path / "afile").write_text("")
+    line = error_line(evolve_cli(write_recipe(fam["root"], "clean"), tmp_path / "afile" / "run"))
+    assert "afile/run: cannot use it as a run directory" in line
+
+
 def test_incompatible_run_dir_names_fields_and_offers_a_new_one(fam, tmp_path):
     root = fam["root"]
     run_dir = tmp_path / "run"

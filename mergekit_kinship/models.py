@@ -17,6 +17,7 @@ model and the file or tensor.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import struct
@@ -173,13 +174,20 @@ def resolve(ref: str | os.PathLike, cache_dir: str | None = None) -> tuple[Path,
         raise UserError(f"{text}: LoRA references (model+lora) are not supported; merge the adapter first")
     if not _HUB_ID.match(text):
         raise UserError(f"{text} is not a model: no such folder, and not a hub id (org/name)")
-    try:
-        from mergekit.common import ModelReference
+    # huggingface_hub logs every retry ("... thrown while requesting", "Retrying in 8s") on stderr:
+    # offline, a mistyped local path would print a dozen lines before our one-line error.
+    from mergekit.common import ModelReference  # imports huggingface_hub, which sets its log level
 
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
         local = ModelReference.parse(text).local_path(cache_dir=cache_dir)
     except Exception as err:  # offline, unknown repo, gated repo ... : all the user's to fix
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"{text} is not a local folder and could not be fetched from the hub: {first}") from None
+    finally:
+        hub_logger.setLevel(level)
     return Path(local), text
 
 

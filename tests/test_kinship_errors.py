@@ -212,3 +212,27 @@ def test_safetensors_header_with_bad_numbers(fam, field, value):
     file.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + hlen :])
     assert_user_error(run_cli("kinship", bad, fam["b"], "--base", fam["base"]), "corrupt safetensors header",
                       "'model.norm.weight'")
+
+
+def test_hub_retries_are_not_printed(fam, tmp_path):
+    """Offline, huggingface_hub logs every retry on stderr (a dozen lines, with real network
+    errors); the user sees only our one line. A real process, so the hub's own log handler is live."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import logging
+        from mergekit.common import ModelReference
+        def local_path(self, cache_dir=None):
+            logging.getLogger("huggingface_hub.utils._http").warning("'Name or service not known' thrown while requesting")
+            raise OSError("Name or service not known")
+        ModelReference.local_path = local_path
+        from mergekit_kinship.cli import main
+        main(["kinship", "someone/no-such-model", {str(fam['b'])!r}, "--base", {str(fam['base'])!r}, "-q"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "Error: someone/no-such-model is not a local folder and could not be fetched from the hub: Name or service not known"
+    ]

@@ -92,6 +92,10 @@ def test_refuses_a_folder_that_is_not_a_family(tmp_path):
     assert result.exit_code == 2
     assert "Error:" in result.output and str(tmp_path) in result.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    blocked = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path / "out"),
+                                        "--family-dir", str(tmp_path / "notes.txt" / "family")])
+    assert blocked.exit_code == 2, blocked.output
+    assert "cannot create the family's folder" in blocked.output
 
 
 def _score(path: Path, task_manager) -> dict[str, float]:

@@ -221,6 +221,11 @@ def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
         return Family.load(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: exists and is not a folder")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{root}: cannot create the family's folder ({err.strerror or err}); "
+                        f"choose another (--family-dir or $MERGEKIT_KINSHIP_CACHE)") from None
     with _lock(root.parent / f".{root.name}.lock"):
         if _matches(root, config_hash):  # another process finished it while we waited
             return Family.load(root)

@@ -369,3 +369,9 @@ def test_builtin_family_kinship_run_beats_every_foundation_model(tmp_path, monke
     foundation = [m["fitness"] for m in models.values() if m["kind"] == "foundation"]
     assert best["fitness"] > max(foundation)
     assert any(m["exploration"] for m in models.values())
+
+
+def test_compare_without_strategies_is_one_line(tiny, tmp_path):
+    result = CliRunner().invoke(main, ["compare", str(tiny["recipe"]), "--run-dir",
+                                       str(tmp_path / "cmp"), "--strategies", " , "])
+    assert result.exit_code == 2 and "--strategies: name at least one" in result.output

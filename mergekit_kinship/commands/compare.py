@@ -48,7 +48,9 @@ def compare_cmd(sources, run_dir, strategies, merges, keep, as_json):
         from mergekit_kinship.commands.evolve import prepare
         from mergekit_kinship.evolution import print_table
 
-        names = [s.strip() for s in strategies.split(",") if s.strip()]
+        names = list(dict.fromkeys(s.strip() for s in strategies.split(",") if s.strip()))
+        if not names:
+            raise UserError("--strategies: name at least one of kinship, greedy, random")
         for name in names:
             if name not in ("kinship", "greedy", "random"):
                 raise UserError(f"--strategies: unknown strategy {name!r}")

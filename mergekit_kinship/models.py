@@ -244,6 +244,9 @@ def _weight_map(index: Path, name: str) -> dict[str, str]:
         weight_map = json.loads(index.read_text())["weight_map"]
         if not isinstance(weight_map, dict):
             raise TypeError("weight_map is not an object")
+        for key, shard in weight_map.items():
+            if not isinstance(shard, str):
+                raise TypeError(f"tensor '{key}' maps to {shard!r}, not a file name")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError(f"{index}: corrupt shard index ({err})") from None
     return weight_map
@@ -253,7 +256,7 @@ def _shards_from_index(index: Path, name: str) -> list[Path]:
     files = []
     for shard in dict.fromkeys(_weight_map(index, name).values()):
         file = index.parent / shard
-        if not file.exists():
+        if not file.is_file():
             raise UserError(f"model {name}: shard {shard} listed in {index.name} is missing")
         files.append(file)
     return files

@@ -236,3 +236,13 @@ def test_hub_retries_are_not_printed(fam, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "Error: someone/no-such-model is not a local folder and could not be fetched from the hub: Name or service not known"
     ]
+
+
+@pytest.mark.parametrize("shard, fragment", [(5, "corrupt shard index"), (".", "missing")])
+def test_shard_index_naming_no_file(fam, shard, fragment):
+    sharded = write_model(fam["root"] / f"bad_index_{shard}", read_weights(fam["a"]), fam["base"], shards=2)
+    index_file = sharded / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"]["lm_head.weight"] = shard
+    index_file.write_text(json.dumps(index))
+    assert_user_error(run_cli("kinship", sharded, fam["b"], "--base", fam["base"]), "model.safetensors.index.json", fragment)

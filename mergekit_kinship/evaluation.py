@@ -437,6 +437,27 @@ def _quiet_libraries():
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _no_environment_report():
+    """lm-eval's ``simple_evaluate`` adds an environment report to every result: torch's
+    ``collect_env`` (about 1 s of subprocesses per evaluation, as long as scoring a tiny model
+    takes) and ``git describe`` of the working directory (which prints ``fatal: not a git
+    repository`` to stderr outside one). Nothing here reads either: skip both while scoring."""
+    import lm_eval.evaluator
+
+    saved = {name: getattr(lm_eval.evaluator, name) for name in ("add_env_info", "get_git_commit_hash")
+             if hasattr(lm_eval.evaluator, name)}
+    if "add_env_info" in saved:
+        lm_eval.evaluator.add_env_info = lambda storage: None
+    if "get_git_commit_hash" in saved:
+        lm_eval.evaluator.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(lm_eval.evaluator, name, function)
+
+
 def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> EvaluationResult:
     """Score the model folder ``model_path`` on ``settings.tasks`` with ``lm_eval.simple_evaluate``.
 
@@ -463,7 +484,7 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
     device = resolve_device(settings) if settings.backend == "hf" else None
     started = time.perf_counter()
     try:
-        with _quiet_libraries():
+        with _quiet_libraries(), _no_environment_report():
             output = lm_eval.simple_evaluate(
                 model=settings.backend,
                 model_args=model_args,

@@ -82,10 +82,20 @@ def settings(**overrides) -> EvaluationSettings:
     return EvaluationSettings(**{"tasks": [TASK], "include_path": str(TASKS), "device": "cpu", **overrides})
 
 
-def test_scores_a_model_as_transformers_would(tiny_model, tmp_path, monkeypatch):
+def test_scores_a_model_as_transformers_would(tiny_model, tmp_path, monkeypatch, capfd):
+    import lm_eval.evaluator
+    import torch.utils.collect_env
+
     # From another directory: the task's relative data_files must still be found.
     monkeypatch.chdir(tmp_path)
+    # lm-eval's environment report (~1 s of subprocesses, and `git describe` that prints "fatal:"
+    # outside a repository) is skipped, and its functions are back in place afterwards.
+    reports = []
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: reports.append(1) or "")
+    originals = lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash
     result = evaluate(tiny_model, settings())
+    assert reports == [] and "fatal" not in capfd.readouterr().err
+    assert (lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash) == originals
     assert isinstance(result, EvaluationResult)
     assert result.scores[TASK] == pytest.approx(expected_accuracy(tiny_model))
     assert result.fitness == result.scores[TASK]

@@ -178,9 +178,15 @@ class Run:
         ids = []
         for spec in self.recipe.models:
             model_id = spec.display_name
+            identity = self._model_identity(spec)
+            twin = next((m.name for m in self.pool.values() if m.identity == identity), None)
+            if twin is not None:
+                # Same weights twice: their children would be one child (same id) under two names.
+                raise UserError(f"models: {model_id} and {twin} are the same model "
+                                f"(same weights); list each foundation model once")
             self.pool[model_id] = PoolModel(
                 id=model_id, name=model_id, kind="foundation",
-                identity=self._model_identity(spec), path=local_copy(spec), hub_id=spec.hub)
+                identity=identity, path=local_copy(spec), hub_id=spec.hub)
             ids.append(model_id)
         return ids
 
@@ -381,6 +387,13 @@ def check_foundation_models(recipe: Recipe) -> None:
     """
     from mergekit_kinship.models import check_compatible, open_model
 
+    seen: dict[Any, str] = {}
+    for spec in recipe.models:
+        where = Path(spec.path).resolve() if spec.path is not None else spec.reference
+        if where in seen:  # caught before any hashing; a copy elsewhere by its identity later
+            raise UserError(f"models: {spec.display_name} and {seen[where]} are the same model "
+                            f"({spec.reference}); list each foundation model once")
+        seen[where] = spec.display_name
     if recipe.base.path is None:
         return
     with open_model(recipe.base.path) as base:

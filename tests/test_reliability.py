@@ -143,6 +143,8 @@ BAD_RECIPES = [
      "noweights is not a model: no model.safetensors"),
     ("base_as_foundation_model", {"models": ["./fam/child0", "./fam/base"]},
      "models: base is the base itself"),
+    ("same_model_twice", {"models": ["./fam/child0", {"path": "./fam/child0", "name": "again"}]},
+     "models: again and child0 are the same model"),
     ("other_hidden_size", {"models": ["./fam/child0", "./fam/wide"]}, "hidden size 48"),
     ("other_tensor_shape", {"models": ["./fam/child0", "./fam/fatmlp"]},
      "fatmlp: tensor 'model.layers.0.mlp.down_proj.weight' has shape [32, 80]"),
@@ -172,6 +174,15 @@ def test_lm_eval_task_and_metric_checked_before_merging(fam, monkeypatch, evalua
     line = error_line(evolve_cli(recipe, root / "bad-task-run"))
     assert expected in line
     assert not (root / "bad-task-run").exists()
+
+
+def test_a_copy_of_a_foundation_model_is_refused_before_scoring(fam, tmp_path):
+    copy = tmp_path / "copy0"
+    shutil.copytree(FAMILY["path"] / "child0", copy)
+    recipe = write_recipe(fam["root"], "copy", models=["./fam/child0", str(copy)])
+    line = error_line(evolve_cli(recipe, tmp_path / "run"))
+    assert "copy0 and child0 are the same model (same weights)" in line
+    assert not RunDir(tmp_path / "run").events("eval-start")
 
 
 def test_unusable_run_dir_is_one_line(fam, tmp_path):

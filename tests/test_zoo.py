@@ -175,6 +175,7 @@ def test_slerp_of_two_children_beats_their_mean(family, scores, tmp_path):
 def test_demo_prints_the_family_kinship(family, tmp_path):
     result = CliRunner().invoke(main, ["demo", "--json", "--quiet", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    assert "it/s" not in result.stderr  # --quiet: no bar, lm-eval's and datasets' included
     summary = json.loads(result.stdout)
     assert summary["family"]["root"] == str(family.root)
     kin = summary["kinship"]

@@ -9,6 +9,7 @@ Only click and the standard library are imported here; the engines load when the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -44,6 +45,26 @@ def demo_recipe(family) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """No tqdm bar at all, for ``--quiet``: lm-eval and datasets draw their own (per task, per
+    request batch) and pass ``disable=`` themselves, so only forcing it here silences them."""
+    from tqdm import std
+
+    init = std.tqdm.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        if len(args) <= 9:  # disable not given positionally (it is the 11th parameter)
+            kwargs["disable"] = True
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = quiet_init
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = init
+
+
 def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dict:
     """Kinship-guided evolution of the family in ``out_dir/run``, then its report.
 
@@ -59,7 +80,7 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
     run_dir = out_dir / "run"
     # Tiny models: torch's thread pool costs more than it saves (5-10x slower on busy cores).
-    with single_threaded():
+    with single_threaded(), (contextlib.nullcontext() if progress else _no_progress_bars()):
         summary = evolve(recipe, run_dir, keep="survivors", progress=progress,
                          on_generation=lambda s, r: print_table(s, r, table_stream))
     report = write_report(run_dir)

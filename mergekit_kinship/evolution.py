@@ -9,7 +9,7 @@ recipe's rule. Every fact the loop learns is keyed by content and kept in the ru
 reaches the same result.
 
 Identities:
-- a foundation model: sha256 of its weight and config files (a hub model: ``hub:org/name@rev``);
+- a foundation model: sha256 of its weight and config files (a hub model: ``hub:org/name@<commit of its snapshot>``);
 - a child: hash of its merge configuration with every model reference replaced by that model's
   identity (plus the seed for random methods);
 - a score: hash of the model identity and :func:`~mergekit_kinship.evaluation.evaluation_fingerprint`
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,15 @@ class Run:
     # --- identities --------------------------------------------------------------------------
     def _model_identity(self, spec) -> str:
         if spec.hub is not None:
-            return f"hub:{spec.hub}@{spec.revision or 'main'}"
-        path = spec.path
+            # A branch (main) moves: the identity is the commit the snapshot holds (the Hugging
+            # Face cache names each snapshot folder by its commit), else the snapshot's content.
+            folder = local_copy(spec)
+            commit = Path(folder).name
+            if re.fullmatch(r"[0-9a-f]{40}", commit):
+                return f"hub:{spec.hub}@{commit}"
+            path = folder
+        else:
+            path = spec.path
         if not Path(path, "config.json").is_file():
             raise UserError(f"{path}: not a model folder (no config.json)")
         stamp = folder_stamp(path)

@@ -375,3 +375,25 @@ def test_compare_without_strategies_is_one_line(tiny, tmp_path):
     result = CliRunner().invoke(main, ["compare", str(tiny["recipe"]), "--run-dir",
                                        str(tmp_path / "cmp"), "--strategies", " , "])
     assert result.exit_code == 2 and "--strategies: name at least one" in result.output
+
+
+def test_hub_model_identity_is_the_snapshot_commit(tiny, tmp_path, monkeypatch):
+    """A hub model on a branch that moves gets a new identity (so new scores, kinship, children),
+    not the same 'org/name@main' for other weights."""
+    import huggingface_hub
+
+    from mergekit_kinship.evolution import Run
+
+    snapshots = {}
+    for sha in ("a" * 40, "b" * 40):
+        snapshots[sha] = tmp_path / "models--org--child0" / "snapshots" / sha
+        shutil.copytree(tiny["root"] / "fam" / "child0", snapshots[sha])
+    current = ["a" * 40]
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo, revision=None, allow_patterns=None: str(snapshots[current[0]]))
+    recipe = load_recipe(tiny["recipe"])
+    spec = recipe.models[0].model_copy(update={"path": None, "hub": "org/child0"})
+    run = Run(recipe, RunDir(tmp_path / "run").create(), progress=False)
+    assert run._model_identity(spec) == "hub:org/child0@" + "a" * 40
+    current[0] = "b" * 40
+    assert run._model_identity(spec) == "hub:org/child0@" + "b" * 40

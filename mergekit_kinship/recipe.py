@@ -295,6 +295,18 @@ def parse_recipe(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
         raise UserError(_format_error(source, err)) from None
+    check_top_k(recipe, source)
+    for spec in [recipe.base, *recipe.models]:
+        if spec.path is not None:
+            spec.path = str((base_dir / Path(spec.path).expanduser()).resolve())
+    ev = recipe.evaluation
+    if ev.include_path is not None:
+        ev.include_path = str((base_dir / Path(ev.include_path).expanduser()).resolve())
+    return recipe
+
+
+def check_top_k(recipe: Recipe, source: str = "recipe") -> None:
+    """``top_k`` fits the pool it first selects from (again after a --max-merges override)."""
     n = len(recipe.models)
     first_children = n * (n - 1) // 2  # generation 1 merges every foundation pair
     if recipe.stopping.max_merges is not None:
@@ -305,13 +317,6 @@ def parse_recipe(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
         raise UserError(f"{source}: top_k: {recipe.top_k} is larger than the pool it selects "
                         f"from ({n} foundation models + {first_children} children of "
                         f"generation 1)")
-    for spec in [recipe.base, *recipe.models]:
-        if spec.path is not None:
-            spec.path = str((base_dir / Path(spec.path).expanduser()).resolve())
-    ev = recipe.evaluation
-    if ev.include_path is not None:
-        ev.include_path = str((base_dir / Path(ev.include_path).expanduser()).resolve())
-    return recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -185,6 +185,13 @@ def test_a_copy_of_a_foundation_model_is_refused_before_scoring(fam, tmp_path):
     assert not RunDir(tmp_path / "run").events("eval-start")
 
 
+def test_top_k_over_the_pool_a_max_merges_flag_leaves(fam, tmp_path):
+    recipe = write_recipe(fam["root"], "top5", top_k=5)  # 3 models + 3 children: fits
+    line = error_line(evolve_cli(recipe, tmp_path / "run", "--max-merges", "1"))
+    assert "--max-merges: top_k: 5 is larger than the pool" in line
+    assert did_no_work(tmp_path / "run")
+
+
 def test_unusable_run_dir_is_one_line(fam, tmp_path):
     (tmp_path / "afile").write_text("")
     line = error_line(evolve_cli(write_recipe(fam["root"], "clean"), tmp_path / "afile" / "run"))

@@ -28,6 +28,9 @@ def prepare(recipe_path: str, strategy: str | None = None, max_generations: int 
         updates["stopping"] = recipe.stopping.model_copy(update=stopping)
     if updates:
         recipe = recipe.model_copy(update=updates)
+        from mergekit_kinship.recipe import check_top_k
+
+        check_top_k(recipe, "--max-merges" if max_merges is not None else recipe_path)
     missing = missing_local_models(recipe)
     if missing:
         raise UserError(f"{recipe_path}: not a model folder (no config.json): {missing[0]}")

@@ -88,7 +88,10 @@ def read_summaries(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
         label = Path(d).name
         while label in out:
             label += "'"
-        out[label] = json.loads(path.read_text())
+        try:
+            out[label] = json.loads(path.read_text())
+        except ValueError as err:
+            raise UserError(f"{path}: not a run summary ({err})") from None
     return out
 
 

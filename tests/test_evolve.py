@@ -397,3 +397,11 @@ def test_hub_model_identity_is_the_snapshot_commit(tiny, tmp_path, monkeypatch):
     assert run._model_identity(spec) == "hub:org/child0@" + "a" * 40
     current[0] = "b" * 40
     assert run._model_identity(spec) == "hub:org/child0@" + "b" * 40
+
+
+def test_compare_a_corrupt_summary_is_one_line(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text('{"format": 1, "mod')
+    result = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert result.exit_code == 2 and "summary.json: not a run summary" in result.output

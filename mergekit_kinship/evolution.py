@@ -691,16 +691,22 @@ def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path
         if scores_file is not None:
             _import_scores(run, scores_file)
         # Only children with a folder and a score are in the pool; the rest are still pending.
-        pending = []
+        pending, unscored_evolved = [], []
         for m in list(run.pool.values()):
             record = run.rd.read_score(run.score_key(m.identity))
             if record is not None:
                 m.scores = record["result"]["scores"]
-            if m.kind == "child" and (record is None or (m.path is None and m.id not in evolved)):
+            if m.id in evolved and record is None:  # evolve scored it under other settings
+                unscored_evolved.append(m.name)
+            elif m.kind == "child" and (record is None or (m.path is None and m.id not in evolved)):
                 pending.append(m.name)
                 del run.pool[m.id]
         unscored = [m.name for m in run.pool.values() if m.kind == "foundation" and not m.scores]
         generation = 1 + max((m.generation for m in run.pool.values()), default=0)
+        if unscored_evolved:
+            raise UserError(f"no scores under this recipe's evaluation settings for "
+                            f"{', '.join(unscored_evolved)} (evolve scored them under others): "
+                            f"run evolve on this run directory to re-score them first")
         if pending:
             raise UserError(f"children planned but not merged and scored yet: {', '.join(pending)}; "
                             f"give their folders and scores with --scores FILE")

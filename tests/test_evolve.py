@@ -207,6 +207,13 @@ def test_keep_best_prunes_weights_only(tiny, clean, tmp_path):
         for p in c["parents"]:
             if p in children:
                 assert (copy / "models" / p / "config.json").is_file()
+    # Other evaluation settings: evolve's scores do not count; plan says so (not "not merged").
+    data = yaml.safe_load(tiny["recipe"].read_text())
+    data["evaluation"]["num_fewshot"] = 2
+    changed = tiny["root"] / "recipe-plan-fewshot.yaml"
+    changed.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="evolve scored them under others"):
+        plan_next(load_recipe(changed), full, progress=False)
 
 
 def test_pruned_parent_is_merged_again(tiny, clean, tmp_path):

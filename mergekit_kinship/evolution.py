@@ -393,6 +393,7 @@ def check_foundation_models(recipe: Recipe) -> None:
     Reads config.json and the safetensors headers only (a few KB per file, no weights); hub
     models are checked when fetched. Raises :class:`UserError` naming the model and the tensor.
     """
+    from mergekit_kinship.kinship import added_vocab_rows
     from mergekit_kinship.models import check_compatible, open_model
 
     seen: dict[Any, str] = {}
@@ -421,6 +422,16 @@ def check_foundation_models(recipe: Recipe) -> None:
                         raise UserError(f"{spec.path}: no tensor '{name}' (the base "
                                         f"{recipe.base.path} has it): not a fine-tune of the base")
                     if tuple(other.shape) != tuple(info.shape):
+                        if added_vocab_rows(name, other, info, model):
+                            # Added tokens: kinship compares the shared rows; mergekit needs
+                            # to be told which vocabulary the children get.
+                            if recipe.merge.tokenizer is None:
+                                raise UserError(
+                                    f"{spec.path}: {other.shape[0]} vocabulary rows in '{name}', "
+                                    f"the base has {info.shape[0]} (added tokens): set "
+                                    f"merge.tokenizer (e.g. {{source: union}}) so that mergekit "
+                                    f"can merge parents with different vocabularies")
+                            continue
                         raise UserError(f"{spec.path}: tensor '{name}' has shape "
                                         f"{list(other.shape)}, the base's is {list(info.shape)}: "
                                         f"not a fine-tune of the base")

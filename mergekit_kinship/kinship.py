@@ -356,7 +356,7 @@ def _select(base: Model, models: list[Model], names: list[str], active: list[int
             if info.dtype is None:
                 raise UserError(f"tensor '{key}' of model {names[i]} has dtype {info.dtype_name}, not a floating-point weight")
             if info.shape != binfo.shape:
-                if _added_rows(key, info, binfo, models[i]):
+                if added_vocab_rows(key, info, binfo, models[i]):
                     extra_rows.setdefault(i, []).append(key)
                 else:
                     raise UserError(
@@ -377,7 +377,7 @@ def _select(base: Model, models: list[Model], names: list[str], active: list[int
     return items, notes
 
 
-def _added_rows(key: str, info: TensorInfo, binfo: TensorInfo, model: Model) -> bool:
+def added_vocab_rows(key: str, info: TensorInfo, binfo: TensorInfo, model: Model) -> bool:
     """A vocabulary matrix (embeddings or head) with added-token rows after the base's rows."""
     return (
         len(info.shape) == len(binfo.shape) >= 1

@@ -48,6 +48,8 @@ def child_config(template: MergeTemplate, parent_a: str, parent_b: str, ancestor
     if template.parameters:
         config["parameters"] = _plain(template.parameters)
     config["dtype"] = template.dtype
+    if template.tokenizer is not None:
+        config["tokenizer"] = template.tokenizer.model_dump(exclude_none=True)
     return config
 
 

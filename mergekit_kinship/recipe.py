@@ -151,6 +151,21 @@ class ModelSpec(BaseModel):
         return f"{self.hub}@{self.revision}" if self.revision else self.hub
 
 
+class TokenizerSpec(BaseModel):
+    """mergekit's ``tokenizer:`` section: which vocabulary a child gets.
+
+    Needed when parents' vocabularies differ (a fine-tune that added tokens, e.g.
+    openchat-3.5-1210's 32002 rows over Mistral-7B's 32000): mergekit refuses such parents
+    unless told. ``union`` keeps every parent's tokens, ``base`` takes mergekit's base model's
+    (parent A for slerp), or name a model. Checked in full by mergekit's own schema when a
+    child's YAML is validated.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(min_length=1)
+    pad_to_multiple_of: Optional[int] = Field(None, ge=1)
+
+
 class MergeTemplate(BaseModel):
     """How every child is merged from its two parents."""
 
@@ -160,6 +175,7 @@ class MergeTemplate(BaseModel):
     parameters: dict[str, ParameterValue] = Field(default_factory=dict)
     model_parameters: dict[str, ParameterValue] = Field(default_factory=dict)
     use_base: Optional[bool] = None  # nuslerp only: task vectors of the ancestor (default) or not
+    tokenizer: Optional[TokenizerSpec] = None  # parents with different vocabularies
 
     @model_validator(mode="before")
     @classmethod

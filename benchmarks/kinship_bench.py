@@ -230,16 +230,9 @@ MATRIX = dict(
     body="r = kinship_matrix(PATHS[1:], PATHS[0], progress=False); out = r.values['pcc'][0][1]",
 )
 PAIRWISE = dict(
-    setup="import os\nfrom pathlib import Path\nfrom mergekit_kinship.kinship import kinship",
+    setup=f"import sys\nsys.path.insert(0, {str(HERE)!r})\nfrom kinship_bench import evict\n"
+          "from mergekit_kinship.kinship import kinship",
     body=textwrap.dedent("""
-        def evict(paths):
-            for path in paths:
-                for f in Path(path).glob("*.safetensors"):
-                    fd = os.open(f, os.O_RDONLY)
-                    try:
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                    finally:
-                        os.close(fd)
         kids = PATHS[1:]
         vals = []
         for i in range(len(kids)):

@@ -193,7 +193,7 @@ FLOOR = dict(
     """),
 )
 ENGINE = dict(
-    setup="from mergekit_kinship.kinship import kinship",
+    setup="from mergekit_kinship.streaming_kinship import kinship",
     body="out = kinship(PATHS[1], PATHS[2], PATHS[0], progress=False).values",
 )
 NAIVE = dict(
@@ -226,12 +226,12 @@ NUMPY64 = dict(
     """),
 )
 MATRIX = dict(
-    setup="from mergekit_kinship.kinship import kinship_matrix",
+    setup="from mergekit_kinship.streaming_kinship import kinship_matrix",
     body="r = kinship_matrix(PATHS[1:], PATHS[0], progress=False); out = r.values['pcc'][0][1]",
 )
 PAIRWISE = dict(
     setup=f"import sys\nsys.path.insert(0, {str(HERE)!r})\nfrom kinship_bench import evict\n"
-          "from mergekit_kinship.kinship import kinship",
+          "from mergekit_kinship.streaming_kinship import kinship",
     body=textwrap.dedent("""
         kids = PATHS[1:]
         vals = []

@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "kinship": "mergekit_kinship.kinship",
-    "kinship_matrix": "mergekit_kinship.kinship",
-    "KinshipResult": "mergekit_kinship.kinship",
-    "KinshipMatrix": "mergekit_kinship.kinship",
+    "kinship": "mergekit_kinship.streaming_kinship",
+    "kinship_matrix": "mergekit_kinship.streaming_kinship",
+    "KinshipResult": "mergekit_kinship.streaming_kinship",
+    "KinshipMatrix": "mergekit_kinship.streaming_kinship",
     "UserError": "mergekit_kinship.errors",
     "build_family": "mergekit_kinship.zoo",
 }

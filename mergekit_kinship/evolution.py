@@ -340,9 +340,9 @@ def local_copy(spec) -> str:
 
 def default_kinship(paths: dict[str, str], base: str, metrics: list[str],
                     pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, float]]:
-    """Kinship through :func:`mergekit_kinship.kinship.kinship_matrix` (reads each model once,
+    """Kinship through :func:`mergekit_kinship.streaming_kinship.kinship_matrix` (reads each model once,
     float64 accumulators, memory bounded by a block of tensors)."""
-    from mergekit_kinship.kinship import kinship_matrix, parse_metrics
+    from mergekit_kinship.streaming_kinship import kinship_matrix, parse_metrics
 
     names = list(paths)
     index = {n: i for i, n in enumerate(names)}
@@ -393,7 +393,7 @@ def check_foundation_models(recipe: Recipe) -> None:
     Reads config.json and the safetensors headers only (a few KB per file, no weights); hub
     models are checked when fetched. Raises :class:`UserError` naming the model and the tensor.
     """
-    from mergekit_kinship.kinship import added_vocab_rows
+    from mergekit_kinship.streaming_kinship import added_vocab_rows
     from mergekit_kinship.models import check_compatible, open_model
 
     seen: dict[Any, str] = {}

@@ -13,7 +13,7 @@ _TITLES = {
 
 
 def plot_matrix(matrix, path, metrics=None) -> Path:
-    """Draw one annotated heatmap per metric of a :class:`~mergekit_kinship.kinship.KinshipMatrix`
+    """Draw one annotated heatmap per metric of a :class:`~mergekit_kinship.streaming_kinship.KinshipMatrix`
     side by side and save to ``path`` (format from its suffix). The colour scale spans the
     off-diagonal values, so that the small differences between siblings stay visible; the
     diagonal and uncomputed pairs are grey. Returns the path."""

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mergekit_kinship.cli import main
-from mergekit_kinship.kinship import kinship, kinship_matrix
+from mergekit_kinship.streaming_kinship import kinship, kinship_matrix
 from tiny_models import build_base, dense_kinship, make_child
 
 

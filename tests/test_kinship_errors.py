@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from mergekit_kinship.cli import main
 from mergekit_kinship.errors import UserError
-from mergekit_kinship.kinship import kinship
+from mergekit_kinship.streaming_kinship import kinship
 from tiny_models import build_base, make_child, read_weights, write_model
 
 

@@ -139,7 +139,7 @@ def test_each_child_is_best_at_its_own_skill(family, scores):
 
 
 def test_grandchild_is_more_akin_to_its_parent_than_siblings_are(family):
-    from mergekit_kinship.kinship import kinship_matrix
+    from mergekit_kinship.streaming_kinship import kinship_matrix
 
     names = list(family.models)
     pcc = kinship_matrix([str(family.models[n]) for n in names], str(family.base),

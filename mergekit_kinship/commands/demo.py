@@ -164,7 +164,7 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
     _check_out_holds_this_family(family, out_dir)
 
     step("[2/3] kinship: PCC of weight deltas from the base")
-    from mergekit_kinship.kinship import kinship_matrix
+    from mergekit_kinship.streaming_kinship import kinship_matrix
 
     names = list(family.models)
     matrix = kinship_matrix([str(p) for p in family.models.values()], str(family.base),

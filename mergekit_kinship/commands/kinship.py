@@ -28,7 +28,7 @@ def _selection_options(fn):
 
 def _warn_on_stderr(run):
     """Run ``run()`` and print the engine's warnings as one 'Warning: ...' line each on stderr."""
-    from mergekit_kinship.kinship import KinshipWarning
+    from mergekit_kinship.streaming_kinship import KinshipWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", KinshipWarning)
@@ -69,7 +69,7 @@ def kinship_cmd(model_a, model_b, base, metric, include, exclude, quiet, device,
     pcc and cosine are in [-1, 1] (higher: more related); euclidean is the distance between the
     deltas (lower: more related). Values are global over every compared weight.
     """
-    from mergekit_kinship.kinship import kinship
+    from mergekit_kinship.streaming_kinship import kinship
 
     result = _warn_on_stderr(lambda: kinship(
         model_a, model_b, base, metrics=metric, include=include or None, exclude=exclude or None,
@@ -107,7 +107,7 @@ def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, c
     paper's kinship of the whole group.
     """
     from mergekit_kinship.errors import UserError
-    from mergekit_kinship.kinship import kinship_matrix, parse_metrics
+    from mergekit_kinship.streaming_kinship import kinship_matrix, parse_metrics
 
     parse_metrics(metric)  # an unknown metric fails before anything else
     if len(models) < 2:

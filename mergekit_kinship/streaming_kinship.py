@@ -31,7 +31,6 @@ import math
 import re
 import sys
 import threading
-import types
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -677,15 +676,3 @@ class _BlockReducer:
             a.sub_(c)
             total += torch.dot(a, a)
         return float(total)
-
-
-class _CallableModule(types.ModuleType):
-    """``from mergekit_kinship import kinship`` can yield this module rather than the function: the
-    import system binds a package's attribute to a submodule of the same name once the submodule
-    is imported. Calling the module calls :func:`kinship`, so both spellings work."""
-
-    def __call__(self, *args, **kwargs) -> KinshipResult:
-        return kinship(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -23,18 +23,25 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     assert tests in ci, f"CI must run the README's test command verbatim: {tests!r}"
 
 
-def test_help_lists_commands_without_importing_torch_or_mergekit():
+def _help_output(argvs) -> str:
+    """Run ``mergekit-kinship ARGV --help`` for each argv in one fresh interpreter; the output ends
+    with the heavy libraries that got imported."""
     code = (
         "import sys\n"
         "from mergekit_kinship.cli import main\n"
-        "try:\n"
-        "    main(['--help'], prog_name='mergekit-kinship')\n"
-        "except SystemExit:\n"
-        "    pass\n"
+        f"for argv in {argvs!r}:\n"
+        "    try:\n"
+        "        main(argv + ['--help'], prog_name='mergekit-kinship')\n"
+        "    except SystemExit:\n"
+        "        pass\n"
         "heavy = [m for m in ('torch', 'mergekit', 'lm_eval', 'transformers') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+def test_help_lists_commands_without_importing_torch_or_mergekit():
+    out = _help_output([[]])
     assert "HEAVY []" in out
     assert "Commands:" in out
 
@@ -43,18 +50,7 @@ def test_every_command_help_is_light():
     from mergekit_kinship.cli import COMMANDS, _available
 
     names = [n for n in COMMANDS if _available(n)]
-    code = (
-        "import sys\n"
-        "from mergekit_kinship.cli import main\n"
-        f"for name in {names!r}:\n"
-        "    try:\n"
-        "        main([name, '--help'], prog_name='mergekit-kinship')\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        "heavy = [m for m in ('torch', 'mergekit', 'lm_eval', 'transformers') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = _help_output([[n] for n in names])
     assert "HEAVY []" in out
     for name in names:
         assert f"mergekit-kinship {name}" in out

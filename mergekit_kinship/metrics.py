@@ -1,0 +1,59 @@
+"""The kinship metrics' names: one vocabulary for the CLI, the Python API, recipes and summaries.
+
+Canonical names are ``pcc``, ``cosine`` and ``euclidean``; ``cs``/``cos``, ``ed`` and
+``pearson`` are accepted everywhere as aliases (recipes written with the paper's ``cs``/``ed``
+keep working) and stored under the canonical name. Pure and cheap to import: no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from mergekit_kinship.errors import UserError
+
+METRICS = ("pcc", "cosine", "euclidean")
+ALIASES = {"cs": "cosine", "cos": "cosine", "ed": "euclidean", "pearson": "pcc"}
+DISTANCES = frozenset({"euclidean"})  # larger = less related; the others are similarities
+
+
+def canonical(name: str) -> str:
+    """The canonical name of one metric (aliases resolved, case-insensitive); UserError if unknown."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in METRICS:
+        raise UserError(f"unknown metric '{name}': choose from {', '.join(METRICS)} "
+                        f"(aliases {', '.join(f'{a}={c}' for a, c in ALIASES.items())})")
+    return key
+
+
+def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
+    """Canonical metric names from ``"pcc,cs"`` or a sequence, each once, in the order given.
+
+    Raises :class:`UserError` for an unknown or empty list, before anything is read.
+    """
+    if isinstance(metrics, str):
+        metrics = metrics.split(",")
+    out: list[str] = []
+    for raw in metrics:
+        if not str(raw).strip():
+            continue
+        key = canonical(raw)
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise UserError(f"no metric given: choose from {', '.join(METRICS)}")
+    return tuple(out)
+
+
+def is_distance(metric: str) -> bool:
+    return canonical(metric) in DISTANCES
+
+
+def relatedness(metric: str, value: float) -> float:
+    """Kinship as 'larger = more related' for every metric (a distance is negated)."""
+    return -value if is_distance(metric) else value
+
+
+def self_kinship(metric: str) -> float:
+    """A model's kinship with itself: 0 for a distance, 1 for a similarity."""
+    return 0.0 if is_distance(metric) else 1.0

@@ -62,7 +62,8 @@ def main() -> None:
     import torch
 
     from mergekit_kinship.evaluation import validate_evaluation
-    from mergekit_kinship.evolution import default_kinship, evolve
+    from mergekit_kinship.evolution import evolve
+    from mergekit_kinship.pool import default_kinship
     from mergekit_kinship.merging import merge_yaml
     from mergekit_kinship.rundir import RunDir
     from mergekit_kinship.zoo import build_family
@@ -87,7 +88,7 @@ def main() -> None:
     run_dir = WORK / f"run-{args.strategy}"
     shutil.rmtree(run_dir, ignore_errors=True)
     started = time.perf_counter()
-    summary = evolve(recipe, run_dir, kinship_fn=timed_kinship, progress=False)
+    summary = evolve(recipe, run_dir, kinship_fn=timed_kinship, progress=False).to_json()
     total = time.perf_counter() - started
 
     rd = RunDir(run_dir)

@@ -54,7 +54,7 @@ run_dir = work / f"run-{backend}"
 shutil.rmtree(run_dir, ignore_errors=True)
 torch.cuda.reset_peak_memory_stats()
 t = time.perf_counter()
-summary = evolve(recipe, run_dir, progress=False)
+summary = evolve(recipe, run_dir, progress=False).to_json()
 seconds = time.perf_counter() - t
 models = summary["models"]
 best = models[summary["best"]]

@@ -7,52 +7,50 @@ that spends more merges per generation, like ``kinship`` with its exploration me
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from mergekit_kinship.formatting import number, text_table
+from mergekit_kinship.summary import RunSummary
 
-def children_in_order(summary: dict) -> list[str]:
-    return [cid for g in summary["generations"] for cid in g["children"]]
 
-
-def best_at(summary: dict, merges: int) -> tuple[Optional[str], Optional[float]]:
+def best_at(summary: RunSummary, merges: int) -> tuple[Optional[str], Optional[float]]:
     """(model id, fitness) of the best model using at most ``merges`` merges of this run."""
-    models = summary["models"]
-    ids = [i for i, m in models.items() if m["kind"] == "foundation"]
-    ids += children_in_order(summary)[:merges]
-    scored = [(models[i]["fitness"], -n, i) for n, i in enumerate(ids)
-              if models[i]["fitness"] is not None]
+    ids = summary.foundation_ids() + summary.children_in_order()[:merges]
+    scored = [(summary.models[i].fitness, -n, i) for n, i in enumerate(ids)
+              if summary.models[i].fitness is not None]
     if not scored:
         return None, None
     fit, _, best = max(scored)
     return best, fit
 
 
-def best_curve(summary: dict) -> list[float]:
+def best_curve(summary: RunSummary) -> list[Optional[float]]:
     """Best fitness so far after 0, 1, 2, ... merges."""
-    return [best_at(summary, n)[1] for n in range(len(children_in_order(summary)) + 1)]
+    return [best_at(summary, n)[1] for n in range(len(summary.children_in_order()) + 1)]
 
 
-def compare_summaries(summaries: dict[str, dict], at_merges: Optional[int] = None) -> dict[str, Any]:
+def compare_summaries(summaries: dict[str, RunSummary], at_merges: Optional[int] = None
+                      ) -> dict[str, Any]:
     """Rows of the comparison, every run judged at the same merge count (default: the smallest
     number of merges any of the runs made)."""
     if not summaries:
         raise ValueError("nothing to compare")
     budget = at_merges if at_merges is not None else min(
-        len(children_in_order(s)) for s in summaries.values())
+        len(s.children_in_order()) for s in summaries.values())
     rows = []
     for label, s in summaries.items():
-        foundation = max(m["fitness"] for m in s["models"].values() if m["kind"] == "foundation")
+        foundation = s.best_foundation_fitness()
         best_id, best_fit = best_at(s, budget)
-        final = s["models"][s["best"]]
+        final = s.models[s.best]
         rows.append({
-            "run": label, "strategy": s["strategy"], "merges": len(children_in_order(s)),
-            "generations": len(s["generations"]), "stopped": s["stopped"],
+            "run": label, "strategy": s.strategy, "merges": len(s.children_in_order()),
+            "generations": len(s.generations), "stopped": s.stopped,
             "at_merges": budget, "best_at_merges": best_fit,
-            "best_at_merges_model": s["models"][best_id]["name"] if best_id else None,
-            "gain_over_best_foundation": None if best_fit is None else best_fit - foundation,
-            "best_final": final["fitness"], "best_final_model": final["name"],
+            "best_at_merges_model": s.models[best_id].name if best_id else None,
+            "gain_over_best_foundation": None if best_fit is None or foundation is None
+            else best_fit - foundation,
+            "best_final": final.fitness, "best_final_model": final.name,
             "curve": best_curve(s),
         })
     return {"at_merges": budget, "runs": rows}
@@ -63,41 +61,32 @@ def comparison_table(comparison: dict) -> str:
     header = ["run", "strategy", "merges", "gens", "stopped", f"best@{n}", "model",
               "gain vs foundation", "best (all merges)"]
     rows = [[r["run"], r["strategy"], str(r["merges"]), str(r["generations"]), str(r["stopped"]),
-             _f(r["best_at_merges"]), str(r["best_at_merges_model"]),
-             _f(r["gain_over_best_foundation"], True),
-             f"{_f(r['best_final'])} ({r['best_final_model']})"] for r in comparison["runs"]]
-    widths = [max(len(x[i]) for x in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+             number(r["best_at_merges"]), str(r["best_at_merges_model"]),
+             number(r["gain_over_best_foundation"], signed=True),
+             f"{number(r['best_final'])} ({r['best_final_model']})"] for r in comparison["runs"]]
+    return text_table(header, rows)
 
 
-def _f(v, signed=False):
-    return "-" if v is None else (f"{v:+.4f}" if signed else f"{v:.4f}")
-
-
-def read_summaries(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
-    """summary.json of finished run directories, labelled by folder name."""
+def read_summaries(run_dirs: Sequence[str | Path]) -> dict[str, RunSummary]:
+    """The summaries of finished run directories, labelled by folder name."""
     from mergekit_kinship.errors import UserError
+    from mergekit_kinship.summary import load_summary, summary_path
 
     out = {}
     for d in run_dirs:
-        path = Path(d) / "summary.json"
-        if not path.is_file():
+        if not summary_path(d).is_file():
             raise UserError(f"{d}: no summary.json (not an evolve run directory)")
         label = Path(d).name
         while label in out:
             label += "'"
-        try:
-            out[label] = json.loads(path.read_text())
-        except ValueError as err:
-            raise UserError(f"{path}: not a run summary ({err})") from None
+        out[label] = load_summary(d)
     return out
 
 
 def compare_strategies(recipe, run_dir: str | Path, strategies: Sequence[str],
-                       merges: Optional[int] = None, keep: str = "all", kinship_fn=None,
-                       on_generation=None) -> dict[str, Any]:
+                       merges: Optional[int] = None, keep: str = "all", evaluator=None,
+                       kinship_fn=None, progress: bool = True, on_generation=None
+                       ) -> dict[str, Any]:
     """Run ``evolve`` once per strategy on the same recipe into ``run_dir/<strategy>`` (each
     with at most ``merges`` merges when given) and compare them at an equal number of merges.
     Scores are shared between the runs (same content, same key); merges are not."""
@@ -121,6 +110,7 @@ def compare_strategies(recipe, run_dir: str | Path, strategies: Sequence[str],
                 if not (sub / "scores" / f.name).exists():
                     shutil.copy2(f, sub / "scores" / f.name)
         summaries[strategy] = evolve(recipe.model_copy(update=update), sub, keep=keep,
-                                     kinship_fn=kinship_fn, on_generation=on_generation)
+                                     evaluator=evaluator, kinship_fn=kinship_fn,
+                                     progress=progress, on_generation=on_generation)
         done.append(sub)
     return compare_summaries(summaries, merges)

@@ -22,71 +22,40 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
+from mergekit_kinship import atomic_io
 from mergekit_kinship.errors import UserError
 
 KEEP_CHOICES = ("best", "survivors", "all")
 
-# --- test hook: kill this process at a named point --------------------------------------------
-# MERGEKIT_KINSHIP_KILL_AT="merge:2" sends SIGKILL to this process the 2nd time checkpoint("merge")
-# is reached. Tests use it to prove that a run killed mid-merge / mid-evaluation resumes exactly.
-_checkpoint_counts: dict[str, int] = {}
+# --- fault hook: tests stop this process at a named point -------------------------------------
+_fault_hook: Optional[Callable[[str], None]] = None
 
 
-def checkpoint(name: str) -> None:
-    """A named point where a test may kill the process (see ``MERGEKIT_KINSHIP_KILL_AT``)."""
-    target = os.environ.get("MERGEKIT_KINSHIP_KILL_AT")
-    if not target:
-        return
-    _checkpoint_counts[name] = _checkpoint_counts.get(name, 0) + 1
-    point, _, count = target.partition(":")
-    if point == name and _checkpoint_counts[name] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+def set_fault_hook(hook: Optional[Callable[[str], None]]) -> None:
+    """Install ``hook(point)``, called at every :func:`checkpoint` of this process (None removes it).
 
-
-# --- content identity --------------------------------------------------------------------------
-
-def content_hash(obj: Any, length: int = 16) -> str:
-    """sha256 of the canonical JSON of ``obj`` (sorted keys, no whitespace), hex, truncated."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".json")
-
-
-def folder_identity(path: str | Path) -> str:
-    """sha256 over a model folder's weights and JSON config files (names and bytes).
-
-    Reads every weight byte once (about 1 GB/s); callers cache it by (path, size, mtime).
-    Tokenizer files are included since they change what is evaluated.
+    Tests install one that SIGKILLs the process the n-th time a point is reached, to prove that a
+    run killed mid-merge, mid-evaluation or mid-journal-line resumes exactly. Nothing else
+    installs one: a user's run has no fault hook, whatever its environment.
     """
-    digest = hashlib.sha256()
-    folder = Path(path)
-    for f in sorted(folder.iterdir()):
-        if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name.startswith("tokenizer")):
-            if f.name == "mergekit-kinship.json":
-                continue
-            digest.update(f.name.encode() + b"\0")
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 24):
-                    digest.update(chunk)
-    return digest.hexdigest()[:16]
+    global _fault_hook
+    _fault_hook = hook
 
 
-def folder_stamp(path: str | Path) -> list:
-    """Cheap fingerprint (names, sizes, mtimes) that says when a folder identity is stale."""
-    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in Path(path).iterdir() if f.is_file())
+def checkpoint(point: str) -> None:
+    """A named point where an installed fault hook runs: ``merge`` (weights written, not yet
+    renamed into place), ``evaluate`` (scored, not yet recorded), ``journal`` (half a journal line
+    written)."""
+    if _fault_hook is not None:
+        _fault_hook(point)
 
 
 # --- the run directory -------------------------------------------------------------------------
@@ -183,8 +152,8 @@ class RunDir:
             return
         data = (json.dumps({"pid": os.getpid(), **event}, sort_keys=True) + "\n").encode()
         with open(self.journal_path, "ab") as fh:
-            if os.environ.get("MERGEKIT_KINSHIP_KILL_AT", "").startswith("journal"):
-                # Test hook: half a line on disk when the kill comes (power loss mid-write).
+            if _fault_hook is not None:
+                # Half a line on disk when the hook kills us (as a power loss mid-write would).
                 fh.write(data[:len(data) // 2])
                 fh.flush()
                 checkpoint("journal")
@@ -249,17 +218,11 @@ class RunDir:
 
     # files
     def write_text(self, path: Path, text: str) -> None:
-        """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        """Write ``text`` to ``path`` atomically (:func:`mergekit_kinship.atomic_io.write_text`)."""
+        atomic_io.write_text(path, text)
 
     def write_json(self, path: Path, data: Any) -> None:
-        self.write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+        atomic_io.write_json(path, data)
 
     def model_dir(self, child_id: str) -> Path:
         return self.models_dir / child_id
@@ -286,8 +249,7 @@ class RunDir:
         # Temporary files of write_text from a killed process (called with the lock held,
         # before any job runs, so no live writer owns one).
         for folder in (self.path, self.yaml_dir, self.scores_dir):
-            for f in folder.glob(".*.tmp-*"):
-                f.unlink(missing_ok=True)
+            atomic_io.remove_stale_temporaries(folder)
 
     def prune(self, keep_ids: Iterable[str]) -> list[str]:
         """Delete merged weights of every child not in ``keep_ids``; YAML and scores stay."""

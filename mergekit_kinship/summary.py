@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, model_serializer,
+                      model_validator)
 
 from mergekit_kinship.errors import UserError
 
@@ -58,6 +59,15 @@ class ModelEntry(_Schema):
     gain: Optional[float] = None
     failed: Optional[str] = None  # its evaluation failed for good: skipped, never in the pool
 
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_names(cls, data):
+        # Format 1 runs with a cs/ed recipe stored the parents' kinship under the alias.
+        if isinstance(data, dict) and isinstance(data.get("parents_kinship"), dict):
+            data = {**data, "parents_kinship": {
+                _canonical(k): v for k, v in data["parents_kinship"].items()}}
+        return data
+
 
 class GenerationRecord(_Schema):
     """What one generation made and selected."""
@@ -90,6 +100,11 @@ class PoolKinship(BaseModel):
                 return {"names": data.get("names", []), "metric": _canonical(keys[0]),
                         "values": data[keys[0]]}
         return data
+
+    @model_serializer
+    def _as_format_1(self) -> dict[str, Any]:
+        # summary.json keeps format 1's shape: the matrix under the metric's own name.
+        return {"names": list(self.names), self.metric: self.values}
 
 
 def _canonical(metric: Any) -> Any:

@@ -107,8 +107,8 @@ def finished_run(tmp_path_factory) -> Path:
         }, root)
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("EVOLVE_TEST_SKILLS", str(root))
-            patch.setenv("MERGEKIT_KINSHIP_EVALUATOR", "evolution_helpers:stand_in_evaluate")
-            evolve(recipe, root / "run", keep="survivors", progress=False)
+            evolve(recipe, root / "run", keep="survivors", progress=False,
+                   evaluator="evolution_helpers:stand_in_evaluate")
         _FINISHED_RUNS["run"] = root / "run"
     return _FINISHED_RUNS["run"]
 

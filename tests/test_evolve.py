@@ -25,18 +25,29 @@ from click.testing import CliRunner
 from evolution_helpers import build_tiny_family, load_tensors
 from mergekit_kinship.cli import main
 from mergekit_kinship.errors import UserError
-from mergekit_kinship.evolution import evolve, plan_next
+from mergekit_kinship.evolution import evolve as _evolve
+from mergekit_kinship.planning import plan_next as _plan_next
 from mergekit_kinship.merging import validate_yaml
 from mergekit_kinship.recipe import load_recipe
 from mergekit_kinship.rundir import RunDir
+from mergekit_kinship.summary import parse_summary
 
 TESTS = Path(__file__).resolve().parent
 STAND_IN = "evolution_helpers:stand_in_evaluate"
 
 
+def evolve(recipe, run_dir, **options):
+    """evolve with the stand-in evaluator; the summary as the JSON summary.json holds."""
+    return _evolve(recipe, run_dir, evaluator=STAND_IN, **options).to_json()
+
+
+def plan_next(recipe, run_dir, **options):
+    return _plan_next(recipe, run_dir, evaluator=STAND_IN, **options)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A tiny family, its recipe, and the environment that selects the stand-in evaluator."""
+    """A tiny family, its recipe, and the environment the stand-in evaluator reads."""
     root = tmp_path_factory.mktemp("evolve")
     build_tiny_family(root / "fam")
     recipe = root / "recipe.yaml"
@@ -46,7 +57,7 @@ def tiny(tmp_path_factory):
         "merge": {"method": "slerp", "dtype": "float32"},
         "evaluation": {"tasks": ["skill0", "skill1", "skill2"]},
         "stopping": {"max_generations": 4}, "seed": 0}))
-    env = {"EVOLVE_TEST_SKILLS": str(root / "fam"), "MERGEKIT_KINSHIP_EVALUATOR": STAND_IN}
+    env = {"EVOLVE_TEST_SKILLS": str(root / "fam")}
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
@@ -171,7 +182,7 @@ def test_second_evolve_is_refused_while_the_run_dir_is_in_use(tiny, tmp_path):
         with pytest.raises(UserError, match="in use by another evolve"):
             evolve(load_recipe(tiny["recipe"]), tmp_path / "busy", progress=False)
         result = CliRunner().invoke(main, ["evolve", str(tiny["recipe"]), "--run-dir",
-                                           str(tmp_path / "busy")])
+                                           str(tmp_path / "busy"), "--evaluator", STAND_IN])
         assert result.exit_code == 2 and "in use by another evolve" in result.output
     finally:
         holder.unlock()
@@ -212,7 +223,7 @@ def test_keep_best_prunes_weights_only(tiny, clean, tmp_path):
     data["evaluation"]["num_fewshot"] = 2
     changed = tiny["root"] / "recipe-plan-fewshot.yaml"
     changed.write_text(yaml.safe_dump(data))
-    with pytest.raises(UserError, match="evolve scored them under others"):
+    with pytest.raises(UserError, match="evolve merged them; it scored them under other settings"):
         plan_next(load_recipe(changed), full, progress=False)
 
 
@@ -236,11 +247,14 @@ def test_pruned_parent_is_merged_again(tiny, clean, tmp_path):
                if full["models"][i]["kind"] == "child")
 
 
-def _cli(tiny, run_dir, extra_env=None, *args):
-    env = {**os.environ, **tiny["env"], "PYTHONPATH": str(TESTS), "TQDM_DISABLE": "1",
-           **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "mergekit_kinship", "evolve",
-                           str(tiny["recipe"]), "--run-dir", str(run_dir), *args],
+def _cli(tiny, run_dir, kill_at=None, *args):
+    """evolve through the CLI in a fresh interpreter, SIGKILLed at ``kill_at`` (point:n)."""
+    env = {**os.environ, **tiny["env"], "TQDM_DISABLE": "1",
+           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    command = ([sys.executable, str(TESTS / "cli_with_fault.py"), kill_at] if kill_at else
+               [sys.executable, "-m", "mergekit_kinship"])
+    return subprocess.run([*command, "evolve", str(tiny["recipe"]), "--run-dir", str(run_dir),
+                           "--evaluator", STAND_IN, *args],
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -250,11 +264,11 @@ def test_killed_during_merge_and_evaluation_resumes_exactly(tiny, clean):
     with the clean run's result and no finished merge or evaluation done twice."""
     _, reference = clean
     run_dir = tiny["root"] / "killed"
-    first = _cli(tiny, run_dir, {"MERGEKIT_KINSHIP_KILL_AT": "merge:4"})
+    first = _cli(tiny, run_dir, "merge:4")
     assert first.returncode == -9, first.stderr[-2000:]
     assert list((run_dir / "models").glob(".partial-*/*"))  # a half-written child was left
     assert len(events(run_dir, "merged")) == 3
-    second = _cli(tiny, run_dir, {"MERGEKIT_KINSHIP_KILL_AT": "evaluate:2"})
+    second = _cli(tiny, run_dir, "evaluate:2")
     assert second.returncode == -9, second.stderr[-2000:]
     third = _cli(tiny, run_dir, None, "--json")
     assert third.returncode == 0, third.stderr[-2000:]
@@ -323,26 +337,27 @@ def test_compare_at_equal_merges(tiny, clean, tmp_path):
     greedy_dir = tmp_path / "greedy"
     runner = CliRunner()
     result = runner.invoke(main, ["evolve", str(tiny["recipe"]), "--run-dir", str(greedy_dir),
-                                  "--strategy", "greedy"])
+                                  "--strategy", "greedy", "--evaluator", STAND_IN])
     assert result.exit_code == 0, result.output
     assert "generation 1: 3 children" in result.output and "stopped:" in result.output
     greedy_summary = json.loads((greedy_dir / "summary.json").read_text())
     assert not any(m["exploration"] for m in greedy_summary["models"].values())
-    comparison = compare_summaries({"kinship": kinship_summary, "greedy": greedy_summary})
+    typed = {k: parse_summary(v) for k, v in (("kinship", kinship_summary), ("greedy", greedy_summary))}
+    comparison = compare_summaries(typed)
     n = comparison["at_merges"]
     assert n == min(kinship_summary["merges"], greedy_summary["merges"])
     for row, s in zip(comparison["runs"], (kinship_summary, greedy_summary)):
         firsts = [c for g in s["generations"] for c in g["children"]][:n]
         pool = [i for i, m in s["models"].items() if m["kind"] == "foundation"] + firsts
         assert row["best_at_merges"] == max(s["models"][i]["fitness"] for i in pool)
-        assert best_at(s, n)[1] == row["best_at_merges"]
+        assert best_at(parse_summary(s), n)[1] == row["best_at_merges"]
     result = runner.invoke(main, ["compare", str(clean[0]), str(greedy_dir), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["at_merges"] == n
     # compare RECIPE: one run per strategy at the same budget; scores are shared by content.
     result = runner.invoke(main, ["compare", str(tiny["recipe"]), "--run-dir",
                                   str(tmp_path / "cmp"), "--strategies", "kinship,random",
-                                  "--merges", "5"])
+                                  "--merges", "5", "--evaluator", STAND_IN])
     assert result.exit_code == 0, result.output
     assert "best@5" in result.output.splitlines()[-3]
     random_run = json.loads((tmp_path / "cmp" / "random" / "summary.json").read_text())
@@ -360,14 +375,13 @@ def test_builtin_family_kinship_run_beats_every_foundation_model(tmp_path, monke
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.zoo import build_family
 
-    monkeypatch.delenv("MERGEKIT_KINSHIP_EVALUATOR", raising=False)  # the real lm-eval
     family = build_family(progress=False)
     data = yaml.safe_load((TESTS.parent / "recipes" / "builtin-family.yaml").read_text())
     data["base"] = str(family.base)
     data["models"] = [str(family.children[Path(m).name]) for m in data["models"]]
     data["evaluation"]["include_path"] = str(family.tasks_dir)
     recipe = parse_recipe(data, tmp_path, "builtin-family (test)")
-    summary = evolve(recipe, tmp_path / "run", progress=False)
+    summary = _evolve(recipe, tmp_path / "run", progress=False).to_json()  # the real lm-eval
     # stopped by a rule of the search (top-k unchanged, or the recipe's saturation), not a budget
     assert summary["stopped"] in ("top-k unchanged", "saturation")
     models = summary["models"]
@@ -389,7 +403,7 @@ def test_hub_model_identity_is_the_snapshot_commit(tiny, tmp_path, monkeypatch):
     not the same 'org/name@main' for other weights."""
     import huggingface_hub
 
-    from mergekit_kinship.evolution import Run
+    from mergekit_kinship.run_cache import RunCache
 
     snapshots = {}
     for sha in ("a" * 40, "b" * 40):
@@ -397,13 +411,13 @@ def test_hub_model_identity_is_the_snapshot_commit(tiny, tmp_path, monkeypatch):
         shutil.copytree(tiny["root"] / "fam" / "child0", snapshots[sha])
     current = ["a" * 40]
     monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda repo, revision=None, allow_patterns=None: str(snapshots[current[0]]))
+                        lambda repo, revision=None, **_: str(snapshots[current[0]]))
     recipe = load_recipe(tiny["recipe"])
     spec = recipe.models[0].model_copy(update={"path": None, "hub": "org/child0"})
-    run = Run(recipe, RunDir(tmp_path / "run").create(), progress=False)
-    assert run._model_identity(spec) == "hub:org/child0@" + "a" * 40
+    cache = RunCache(RunDir(tmp_path / "run").create(), fingerprint={})
+    assert cache.identity(spec) == "hub:org/child0@" + "a" * 40
     current[0] = "b" * 40
-    assert run._model_identity(spec) == "hub:org/child0@" + "b" * 40
+    assert cache.identity(spec) == "hub:org/child0@" + "b" * 40
 
 
 def test_compare_a_corrupt_summary_is_one_line(tmp_path):
@@ -411,4 +425,5 @@ def test_compare_a_corrupt_summary_is_one_line(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text('{"format": 1, "mod')
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
-    assert result.exit_code == 2 and "summary.json: not a run summary" in result.output
+    assert result.exit_code == 2 and "summary.json: not valid JSON" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -3,7 +3,7 @@ uninterrupted run ends, and redoes a merge or an evaluation only when a kill hit
 
 Each interrupted run is a process forked from this one (mergekit, torch and lm-eval are imported
 once, here: a fresh interpreter per kill would cost ~10 s of imports each). The kill comes at a
-named checkpoint (``MERGEKIT_KINSHIP_KILL_AT``: after a merge's weights are written but before
+named checkpoint (a fault hook installed with ``rundir.set_fault_hook``: after a merge's weights are written but before
 the rename, after an evaluation but before its score is recorded, in the middle of a journal line)
 or from this process after a random delay. The schedule is seeded: a failure reproduces.
 """
@@ -58,26 +58,24 @@ def tiny(tmp_path_factory, single_thread):
         "stopping": {"max_generations": 4}, "seed": 0}))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EVOLVE_TEST_SKILLS", str(root / "fam"))
-        mp.setenv("MERGEKIT_KINSHIP_EVALUATOR", STAND_IN)
-        mp.delenv("MERGEKIT_KINSHIP_KILL_AT", raising=False)
         yield {"root": root, "recipe": load_recipe(recipe)}
 
 
-def _evolve_child(recipe, run_dir, kill_at):
-    """Body of a forked run: arm the checkpoint (counts start at 0 in this process), evolve."""
-    from mergekit_kinship import rundir
+def _evolve_child(recipe, run_dir, kill_at, evaluator):
+    """Body of a forked run: install the fault hook (counts start at 0 in this process), evolve."""
+    from cli_with_fault import kill_at as fault
+    from mergekit_kinship.rundir import set_fault_hook
 
-    rundir._checkpoint_counts.clear()
-    if kill_at:
-        os.environ["MERGEKIT_KINSHIP_KILL_AT"] = kill_at
-    evolve(recipe, run_dir, progress=False)
+    set_fault_hook(fault(kill_at) if kill_at else None)
+    evolve(recipe, run_dir, progress=False, evaluator=evaluator)
 
 
-def run_forked(recipe, run_dir, kill_at=None, kill_after=None, timeout=300.0) -> int:
+def run_forked(recipe, run_dir, kill_at=None, kill_after=None, timeout=300.0,
+               evaluator=STAND_IN) -> int:
     """Run evolve in a forked process; SIGKILL it after ``kill_after`` s if still alive.
     Returns the exit code (-9: killed)."""
     proc = multiprocessing.get_context("fork").Process(
-        target=_evolve_child, args=(recipe, run_dir, kill_at))
+        target=_evolve_child, args=(recipe, run_dir, kill_at, evaluator))
     proc.start()
     proc.join(kill_after if kill_after is not None else timeout)
     if proc.is_alive():
@@ -188,8 +186,6 @@ def test_real_mergekit_and_lm_eval_killed_twice_resume_exactly(tmp_path, monkeyp
     once during a merge and once after an evaluation, resumed, equal to an uninterrupted run."""
     from mergekit_kinship.zoo import build_family
 
-    monkeypatch.delenv("MERGEKIT_KINSHIP_EVALUATOR", raising=False)
-    monkeypatch.delenv("MERGEKIT_KINSHIP_KILL_AT", raising=False)
     family = build_family(progress=False)
     data = yaml.safe_load((TESTS.parent / "recipes" / "builtin-family.yaml").read_text())
     data["base"] = str(family.base)
@@ -199,14 +195,14 @@ def test_real_mergekit_and_lm_eval_killed_twice_resume_exactly(tmp_path, monkeyp
     recipe = parse_recipe(data, tmp_path, "builtin-family (fault test)")
     import lm_eval.evaluator  # noqa: F401  (imported once, before the forks)
 
-    assert run_forked(recipe, tmp_path / "clean") == 0
+    assert run_forked(recipe, tmp_path / "clean", evaluator=None) == 0  # real lm-eval
     clean = json.loads((tmp_path / "clean" / "summary.json").read_text())
     assert clean["merges"] == 2 and all(m["scores"] for m in clean["models"].values())
 
     run_dir = tmp_path / "killed"
-    assert run_forked(recipe, run_dir, kill_at="merge:2") == -signal.SIGKILL
-    assert run_forked(recipe, run_dir, kill_at="evaluate:1") == -signal.SIGKILL
-    assert run_forked(recipe, run_dir) == 0
+    assert run_forked(recipe, run_dir, kill_at="merge:2", evaluator=None) == -signal.SIGKILL
+    assert run_forked(recipe, run_dir, kill_at="evaluate:1", evaluator=None) == -signal.SIGKILL
+    assert run_forked(recipe, run_dir, evaluator=None) == 0
     resumed = json.loads((run_dir / "summary.json").read_text())
     assert outcome(resumed) == outcome(clean)
     assert_clean_run_dir(run_dir)

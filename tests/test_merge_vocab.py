@@ -64,7 +64,7 @@ def test_tokenizer_keys_are_checked(parents):
 
 
 def test_preflight_accepts_added_tokens_only_with_a_tokenizer_choice(parents):
-    from mergekit_kinship.evolution import check_foundation_models
+    from mergekit_kinship.preflight import check_foundation_models
 
     with pytest.raises(UserError, match=r"27 vocabulary rows .*set merge.tokenizer"):
         check_foundation_models(_recipe(parents, {"method": "slerp"}))

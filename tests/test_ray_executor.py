@@ -69,7 +69,8 @@ def controlled_evaluate(model_path, settings):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A tiny family, its recipe, and a local Ray cluster of 2 CPUs whose workers inherit the
-    environment that selects the controlled evaluator (set before ``ray.init``)."""
+    environment the controlled evaluator reads and the PYTHONPATH it is imported from (set
+    before ``ray.init``); each job names the evaluator itself."""
     ray = pytest.importorskip("ray")
     root = tmp_path_factory.mktemp("ray")
     build_tiny_family(root / "fam")
@@ -79,7 +80,7 @@ def cluster(tmp_path_factory):
         "top_k": 3, "strategy": "kinship", "merge": {"method": "slerp", "dtype": "float32"},
         "evaluation": {"tasks": ["skill0", "skill1", "skill2"]},
         "stopping": {"max_generations": 2}, "seed": 0}))
-    env = {"EVOLVE_TEST_SKILLS": str(root / "fam"), "MERGEKIT_KINSHIP_EVALUATOR": CONTROLLED,
+    env = {"EVOLVE_TEST_SKILLS": str(root / "fam"),
            "RAY_TEST_CONTROL": str(root / "control.json"),
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "RAY_USAGE_STATS_ENABLED": "0"}
@@ -116,7 +117,8 @@ def local_run(cluster):
 
     control(cluster)
     run_dir = cluster["root"] / "local"
-    return run_dir, evolve(load_recipe(cluster["recipe"]), run_dir, progress=False)
+    return run_dir, evolve(load_recipe(cluster["recipe"]), run_dir, progress=False,
+                           evaluator=CONTROLLED).to_json()
 
 
 def evolve_on(cluster, executor, name):
@@ -124,7 +126,7 @@ def evolve_on(cluster, executor, name):
     from mergekit_kinship.recipe import load_recipe
 
     return evolve(load_recipe(cluster["recipe"]), cluster["root"] / name, executor=executor,
-                  progress=False)
+                  progress=False, evaluator=CONTROLLED).to_json()
 
 
 def lineage(summary):
@@ -276,7 +278,8 @@ def test_cli_options_reach_the_executor(cluster, tmp_path):
     from mergekit_kinship.cli import main
 
     runner = CliRunner()
-    args = ["evolve", str(cluster["recipe"]), "--run-dir", str(tmp_path / "run")]
+    args = ["evolve", str(cluster["recipe"]), "--run-dir", str(tmp_path / "run"),
+            "--evaluator", CONTROLLED]
     result = runner.invoke(main, [*args, "--executor", "ray", "--num-gpus", "1"])
     assert result.exit_code == 2, result.output
     assert "--num-gpus 1: the Ray cluster has 0 GPUs" in result.output
@@ -289,7 +292,6 @@ def test_without_ray_the_ray_executor_is_a_one_line_error(monkeypatch, tmp_path)
     from mergekit_kinship.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, find_spec says None
-    monkeypatch.delitem(executors.EXECUTORS, "ray", raising=False)
     result = CliRunner().invoke(main, ["evolve", str(tmp_path / "r.yaml"), "--run-dir",
                                        str(tmp_path / "run"), "--executor", "ray"])
     assert result.exit_code == 2

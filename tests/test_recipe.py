@@ -140,23 +140,6 @@ def test_registry_agrees_with_mergekit():
         assert policy == expected, name
 
 
-def test_mistral_recipe_dry_run_offline():
-    from mergekit_kinship.evolution import dry_run
-
-    report = dry_run(REPO / "recipes" / "mistral-7b-paper.yaml")
-    recipe = report["recipe"]
-    assert recipe["base"]["hub"] == "mistralai/Mistral-7B-v0.1"
-    assert [m["hub"] for m in recipe["models"]] == [
-        "mistralai/Mistral-7B-Instruct-v0.2", "meta-math/MetaMath-Mistral-7B",
-        "openchat/openchat-3.5-1210"]
-    assert recipe["evaluation"]["tasks"] == ["winogrande", "gsm8k", "truthfulqa_mc2"]
-    assert recipe["top_k"] == 3 and recipe["merge"]["method"] == "slerp"
-    example = yaml.safe_load(report["example_yaml"])
-    assert example["base_model"] == example["models"][0]["model"]  # parent A, not the ancestor
-    assert "mistralai/Mistral-7B-v0.1" not in report["example_yaml"]
-    assert len(report["generation_1_pairs"]) == 3
-
-
 def test_builtin_family_recipe_follows_the_zoo():
     """recipes/builtin-family.yaml names the zoo's current children and tasks (no build)."""
     from mergekit_kinship.zoo.family import default_stages, evaluation_settings

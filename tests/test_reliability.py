@@ -72,8 +72,6 @@ def fam(tmp_path_factory):
     shutil.copy(root / "fam" / "base" / "config.json", root / "fam" / "noweights")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EVOLVE_TEST_SKILLS", str(root / "fam"))
-        mp.setenv("MERGEKIT_KINSHIP_EVALUATOR", STAND_IN)
-        mp.delenv("MERGEKIT_KINSHIP_KILL_AT", raising=False)
         clean_recipe = write_recipe(root, "clean")
         result = evolve_cli(clean_recipe, root / "clean")
         assert result.exit_code == 0, result.output
@@ -97,8 +95,11 @@ def write_recipe(root: Path, name: str, **changes) -> Path:
     return path
 
 
-def evolve_cli(recipe: Path, run_dir: Path, *extra: str):
-    return CliRunner().invoke(main, ["evolve", str(recipe), "--run-dir", str(run_dir), *extra])
+def evolve_cli(recipe: Path, run_dir: Path, *extra: str, evaluator: str | None = STAND_IN):
+    """``evolve`` through the CLI (in this process), scored by ``evaluator`` (None: lm-eval)."""
+    scorer = ["--evaluator", evaluator] if evaluator else []
+    return CliRunner().invoke(main, ["evolve", str(recipe), "--run-dir", str(run_dir), *scorer,
+                                     *extra])
 
 
 def error_line(result) -> str:
@@ -166,14 +167,65 @@ def test_bad_recipe_is_one_line_before_any_work(fam, name, changes, expected):
     ({"tasks": ["kinship_reverse"], "metrics": {"kinship_reverse": "bleu"}},
      "evaluation.metrics.kinship_reverse: task 'kinship_reverse' does not report 'bleu'"),
 ], ids=["unknown_task", "unreported_metric"])
-def test_lm_eval_task_and_metric_checked_before_merging(fam, monkeypatch, evaluation, expected):
-    monkeypatch.delenv("MERGEKIT_KINSHIP_EVALUATOR")  # the real lm-eval's task index decides
+def test_lm_eval_task_and_metric_checked_before_merging(fam, evaluation, expected):
     root = fam["root"]
     recipe = write_recipe(root, "bad-task", evaluation={"include_path": str(ZOO_TASKS),
                                                         **evaluation})
-    line = error_line(evolve_cli(recipe, root / "bad-task-run"))
+    # scored by lm-eval (no --evaluator): its task index decides
+    line = error_line(evolve_cli(recipe, root / "bad-task-run", evaluator=None))
     assert expected in line
     assert not (root / "bad-task-run").exists()
+
+
+def dry_run_cli(recipe: Path, run_dir: Path | None = None, evaluator: str | None = STAND_IN):
+    scorer = ["--evaluator", evaluator] if evaluator else []
+    where = ["--run-dir", str(run_dir)] if run_dir else []
+    return CliRunner().invoke(main, ["plan", str(recipe), "--dry-run", *where, *scorer])
+
+
+@pytest.mark.parametrize("name, changes, expected", BAD_RECIPES, ids=[c[0] for c in BAD_RECIPES])
+def test_dry_run_refuses_what_evolve_refuses_with_the_same_message(fam, name, changes, expected):
+    """issue 14: one pre-flight for both; a dry run never says "recipe OK" to a recipe evolve
+    refuses before its first merge."""
+    root = fam["root"]
+    recipe = write_recipe(root, f"parity-{name}", **changes)
+    from_evolve = error_line(evolve_cli(recipe, root / f"parity-{name}-run"))
+    from_dry_run = error_line(dry_run_cli(recipe, root / f"parity-{name}-dry"))
+    assert from_dry_run == from_evolve
+    assert not (root / f"parity-{name}-dry").exists()
+
+
+def test_dry_run_checks_lm_eval_tasks_and_the_run_directory_like_evolve(fam, tmp_path):
+    root = fam["root"]
+    recipe = write_recipe(root, "parity-task", evaluation={
+        "include_path": str(ZOO_TASKS), "tasks": ["kinship_reverse", "kinship_nosuchtask"]})
+    assert error_line(dry_run_cli(recipe, evaluator=None)) == error_line(
+        evolve_cli(recipe, tmp_path / "never", evaluator=None))
+    changed = write_recipe(tmp_path, "parity-seed", seed=5)
+    line = error_line(dry_run_cli(changed, root / "clean"))
+    assert line == error_line(evolve_cli(changed, root / "clean"))
+    assert "incompatible recipe" in line and "seed 0 -> 5" in line
+    ok = dry_run_cli(write_recipe(root, "clean"), root / "clean")
+    assert ok.exit_code == 0 and ok.output.startswith("recipe OK: ")
+
+
+def test_mistral_recipe_dry_run_offline():
+    """The paper's recipe (hub models) validates offline: no weights, no network."""
+    result = CliRunner().invoke(main, ["plan", str(TESTS.parent / "recipes" / "mistral-7b-paper.yaml"),
+                                       "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    recipe = report["recipe"]
+    assert recipe["base"]["hub"] == "mistralai/Mistral-7B-v0.1"
+    assert [m["hub"] for m in recipe["models"]] == [
+        "mistralai/Mistral-7B-Instruct-v0.2", "meta-math/MetaMath-Mistral-7B",
+        "openchat/openchat-3.5-1210"]
+    assert recipe["evaluation"]["tasks"] == ["winogrande", "gsm8k", "truthfulqa_mc2"]
+    assert recipe["top_k"] == 3 and recipe["merge"]["method"] == "slerp"
+    example = yaml.safe_load(report["example_yaml"])
+    assert example["base_model"] == example["models"][0]["model"]  # parent A, not the ancestor
+    assert "mistralai/Mistral-7B-v0.1" not in report["example_yaml"]
+    assert len(report["generation_1_pairs"]) == 3
 
 
 def test_a_copy_of_a_foundation_model_is_refused_before_scoring(fam, tmp_path):
@@ -225,10 +277,9 @@ def first_child(fam) -> str:
 
 def test_evaluation_error_skip_records_it_and_the_run_goes_on(fam, tmp_path, monkeypatch):
     child = first_child(fam)
-    monkeypatch.setenv("MERGEKIT_KINSHIP_EVALUATOR", FLAKY)
     monkeypatch.setenv("FLAKY_FAIL", child)
     recipe = write_recipe(tmp_path, "skip", evaluation__on_error="skip")
-    result = evolve_cli(recipe, tmp_path / "run")
+    result = evolve_cli(recipe, tmp_path / "run", evaluator=FLAKY)
     assert result.exit_code == 0, result.output
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert child not in s["models"] and s["failed"][child]["failed"] == (
@@ -239,18 +290,17 @@ def test_evaluation_error_skip_records_it_and_the_run_goes_on(fam, tmp_path, mon
     failures = RunDir(tmp_path / "run").events("eval-failed")
     assert [(e["model"], e["attempt"], e["final"]) for e in failures] == [(child, 1, True)]
     # a resume keeps the verdict: the child is not evaluated again
-    assert evolve_cli(recipe, tmp_path / "run").exit_code == 0
+    assert evolve_cli(recipe, tmp_path / "run", evaluator=FLAKY).exit_code == 0
     starts = [e for e in RunDir(tmp_path / "run").events("eval-start") if e["model"] == child]
     assert len(starts) == 1
 
 
 def test_evaluation_error_retry_scores_the_child_on_its_second_try(fam, tmp_path, monkeypatch):
     child = first_child(fam)
-    monkeypatch.setenv("MERGEKIT_KINSHIP_EVALUATOR", FLAKY)
     monkeypatch.setenv("FLAKY_FAIL", child)
     monkeypatch.setenv("FLAKY_ONCE", str(tmp_path / "once"))
     recipe = write_recipe(tmp_path, "retry", evaluation__on_error="retry", evaluation__retries=1)
-    assert evolve_cli(recipe, tmp_path / "run").exit_code == 0
+    assert evolve_cli(recipe, tmp_path / "run", evaluator=FLAKY).exit_code == 0
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert outcome(s) == outcome(fam["clean"]) and not s["failed"]
     failures = RunDir(tmp_path / "run").events("eval-failed")
@@ -259,22 +309,20 @@ def test_evaluation_error_retry_scores_the_child_on_its_second_try(fam, tmp_path
 
 def test_evaluation_error_stop_then_resume(fam, tmp_path, monkeypatch):
     child = first_child(fam)
-    monkeypatch.setenv("MERGEKIT_KINSHIP_EVALUATOR", FLAKY)
     monkeypatch.setenv("FLAKY_FAIL", child)
     recipe = write_recipe(tmp_path, "stop", evaluation__on_error="stop")
-    line = error_line(evolve_cli(recipe, tmp_path / "run"))
+    line = error_line(evolve_cli(recipe, tmp_path / "run", evaluator=FLAKY))
     assert f"evaluation of {child} failed (RuntimeError: injected evaluation failure)" in line
     monkeypatch.setenv("FLAKY_FAIL", "nothing")  # fixed: the resume scores it and goes on
-    assert evolve_cli(recipe, tmp_path / "run").exit_code == 0
+    assert evolve_cli(recipe, tmp_path / "run", evaluator=FLAKY).exit_code == 0
     assert outcome(json.loads((tmp_path / "run" / "summary.json").read_text())) == outcome(
         fam["clean"])
 
 
 def test_foundation_model_evaluation_error_stops_the_run(fam, tmp_path, monkeypatch):
-    monkeypatch.setenv("MERGEKIT_KINSHIP_EVALUATOR", FLAKY)
     monkeypatch.setenv("FLAKY_FAIL", "child1")
     recipe = write_recipe(tmp_path, "foundation", evaluation__on_error="skip")
-    line = error_line(evolve_cli(recipe, tmp_path / "run"))
+    line = error_line(evolve_cli(recipe, tmp_path / "run", evaluator=FLAKY))
     assert "evaluation of child1 failed" in line and "a foundation model" in line
 
 

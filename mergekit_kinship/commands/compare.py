@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from mergekit_kinship.commands.common import evaluator_option, keep_option, quiet_option
+
 
 @click.command("compare")
 @click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True))
@@ -16,10 +18,11 @@ import click
               help="Comma-separated strategies to run on RECIPE.")
 @click.option("--merges", type=click.IntRange(min=1),
               help="Merge budget of every run (and the count they are compared at).")
-@click.option("--keep", type=click.Choice(["best", "survivors", "all"]), default="all",
-              show_default=True)
+@keep_option
+@evaluator_option
+@quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
-def compare_cmd(sources, run_dir, strategies, merges, keep, as_json):
+def compare_cmd(sources, run_dir, strategies, merges, keep, evaluator, quiet, as_json):
     """Compare strategies at an equal number of merges.
 
     SOURCES is either one recipe file, run once per strategy into RUN_DIR/<strategy>
@@ -32,9 +35,11 @@ def compare_cmd(sources, run_dir, strategies, merges, keep, as_json):
       mergekit-kinship compare runs/kinship runs/greedy
     """
     import os
+
     from mergekit_kinship.comparison import (
         compare_strategies, compare_summaries, comparison_table, read_summaries)
     from mergekit_kinship.errors import UserError
+    from mergekit_kinship.planner import STRATEGIES
 
     dirs = [s for s in sources if os.path.isdir(s)]
     if dirs:
@@ -44,17 +49,19 @@ def compare_cmd(sources, run_dir, strategies, merges, keep, as_json):
     else:
         if len(sources) != 1 or not run_dir:
             raise UserError("compare needs one recipe file and --run-dir, or run directories")
-        recipe = sources[0]
-        from mergekit_kinship.commands.evolve import prepare
-        from mergekit_kinship.evolution import print_table
+        from mergekit_kinship.commands.common import check_evaluator, prepare
+        from mergekit_kinship.tables import print_table
 
         names = list(dict.fromkeys(s.strip() for s in strategies.split(",") if s.strip()))
         if not names:
-            raise UserError("--strategies: name at least one of kinship, greedy, random")
+            raise UserError(f"--strategies: name at least one of {', '.join(STRATEGIES)}")
         for name in names:
-            if name not in ("kinship", "greedy", "random"):
-                raise UserError(f"--strategies: unknown strategy {name!r}")
-        validated = prepare(recipe)
+            if name not in STRATEGIES:
+                raise UserError(f"--strategies: unknown strategy {name!r} "
+                                f"(one of {', '.join(STRATEGIES)})")
+        check_evaluator(evaluator)
+        validated = prepare(sources[0])
         comparison = compare_strategies(validated, run_dir, names, merges, keep=keep,
+                                        evaluator=evaluator, progress=not quiet,
                                         on_generation=lambda s, r: print_table(s, r, sys.stderr))
     click.echo(json.dumps(comparison, indent=1) if as_json else comparison_table(comparison))

@@ -72,10 +72,10 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     Resumable like any ``evolve`` run: a second demo reuses every finished merge and score.
     Returns a JSON-able summary with the best model and the report's path.
     """
-    from mergekit_kinship.evolution import evolve, print_table
+    from mergekit_kinship.evolution import evolve
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.report import write_report
-
+    from mergekit_kinship.tables import print_table
     from mergekit_kinship.zoo.train import single_threaded
 
     recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
@@ -85,17 +85,16 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
         summary = evolve(recipe, run_dir, keep="survivors", progress=progress,
                          on_generation=lambda s, r: print_table(s, r, table_stream))
     report = write_report(run_dir)
-    best = summary["models"][summary["best"]]
-    foundation = [m["fitness"] for m in summary["models"].values() if m["kind"] == "foundation"]
+    best = summary.models[summary.best]
     return {
         "run_dir": str(run_dir.resolve()),
         "report": str(report),
-        "stopped": summary["stopped"],
-        "generations": len(summary["generations"]),
-        "merges": summary["merges"],
-        "best": {"id": summary["best"], "name": best["name"], "fitness": best["fitness"],
-                 "path": best["path"]},
-        "best_foundation_fitness": max(foundation),
+        "stopped": summary.stopped,
+        "generations": len(summary.generations),
+        "merges": summary.merges,
+        "best": {"id": summary.best, "name": best.name, "fitness": best.fitness,
+                 "path": best.path},
+        "best_foundation_fitness": summary.best_foundation_fitness(),
     }
 
 
@@ -104,7 +103,7 @@ def _check_out_holds_this_family(family, out_dir: Path) -> None:
     run of another family (another --seed or --family-dir): evolve would refuse it and offer a
     --run-dir, an option the demo does not have."""
     from mergekit_kinship.errors import UserError
-    from mergekit_kinship.evolution import check_run_dir_compatible
+    from mergekit_kinship.preflight import check_run_dir_compatible
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.rundir import RunDir
 
@@ -172,7 +171,9 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
                             metrics=("pcc",), progress=not quiet)
     pcc = matrix.values["pcc"]
     kinship = {"names": names, "metric": "pcc", "values": pcc, "mean": matrix.mean("pcc")}
-    (out_dir / "kinship.json").write_text(json.dumps(kinship, indent=2) + "\n")
+    from mergekit_kinship.atomic_io import write_json
+
+    write_json(out_dir / "kinship.json", kinship, indent=2)
 
     step("[3/3] evolution")
     if not as_json:  # the matrix comes first on stdout, then a table per generation

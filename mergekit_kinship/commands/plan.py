@@ -6,19 +6,23 @@ import json
 
 import click
 
+from mergekit_kinship.commands.common import evaluator_option, strategy_option
+
 
 @click.command("plan")
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False),
-              help="Run directory (shared with evolve); the plan goes to RUN_DIR/plan/gen-N/.")
+@click.option("--run-dir", type=click.Path(file_okay=False),
+              help="Run directory (shared with evolve); the plan goes to RUN_DIR/plan/gen-N/. "
+                   "Needed unless --dry-run.")
 @click.option("--scores", "scores_file", type=click.Path(dir_okay=False, exists=True),
               help="Scores (and merged folders) of models you evaluated elsewhere.")
-@click.option("--strategy", type=click.Choice(["kinship", "greedy", "random"]),
-              help="Override the recipe's strategy.")
+@strategy_option
 @click.option("--dry-run", is_flag=True,
-              help="Only validate the recipe (schema, merge template, tasks); no weights are read.")
+              help="Only run evolve's pre-flight (schema, models' configs and tensor headers, "
+                   "merge template, lm-eval tasks, run directory); no weights are read.")
+@evaluator_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
-def plan_cmd(recipe, run_dir, scores_file, strategy, dry_run, as_json):
+def plan_cmd(recipe, run_dir, scores_file, strategy, dry_run, evaluator, as_json):
     """Plan the next generation from the pool's kinship and the scores known so far.
 
     Writes one mergekit YAML per child (absolute paths, a comment header with its lineage; run
@@ -31,19 +35,25 @@ def plan_cmd(recipe, run_dir, scores_file, strategy, dry_run, as_json):
         <foundation name>: {scores: {<task>: 0.61, ...}}
         g1-1: {path: /merged/g1-1, scores: {<task>: 0.66, ...}}
     """
-    if dry_run:
-        from mergekit_kinship.evolution import dry_run
+    from mergekit_kinship.commands.common import check_evaluator, prepare
+    from mergekit_kinship.errors import UserError
 
-        report = dry_run(recipe, strategy)
+    check_evaluator(evaluator)
+    validated = prepare(recipe, strategy)
+    if dry_run:
+        from mergekit_kinship.dry_run import dry_run as run_dry
+
+        report = run_dry(validated, recipe, run_dir=run_dir, evaluator=evaluator)
         click.echo(json.dumps(report, indent=1) if as_json else report["text"])
         return
+    if not run_dir:
+        raise UserError("--run-dir: needed to plan (only --dry-run works without one)")
     from pathlib import Path
 
-    from mergekit_kinship.commands.evolve import prepare
-    from mergekit_kinship.evolution import plan_next
+    from mergekit_kinship.planning import plan_next
 
-    validated = prepare(recipe, strategy)
-    plan = plan_next(validated, run_dir, scores_file=Path(scores_file) if scores_file else None)
+    plan = plan_next(validated, run_dir, scores_file=Path(scores_file) if scores_file else None,
+                     evaluator=evaluator)
     if as_json:
         click.echo(json.dumps(plan, indent=1))
         return

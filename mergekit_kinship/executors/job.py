@@ -33,6 +33,7 @@ class ChildJob:
     yaml_text: Optional[str] = None
     seed: Optional[int] = None
     tokenizer_from: Optional[str] = None
+    evaluator: Optional[str] = None  # "module:function" scoring the model; None: lm-eval
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,16 +91,28 @@ def ensure_merged(job: ChildJob) -> tuple[bool, float]:
     return True, seconds
 
 
-def resolve_evaluator():
-    """lm-eval through :func:`mergekit_kinship.evaluation.evaluate`, or the ``module:function``
-    named by ``MERGEKIT_KINSHIP_EVALUATOR`` (a stand-in with the same signature, for tests)."""
-    target = os.environ.get("MERGEKIT_KINSHIP_EVALUATOR")
-    if target:
-        module, _, attr = target.partition(":")
-        return getattr(importlib.import_module(module), attr)
-    from mergekit_kinship.evaluation import evaluate
+def resolve_evaluator(reference: Optional[str] = None):
+    """The function that scores a model folder: lm-eval through
+    :func:`mergekit_kinship.evaluation.evaluate`, or the ``"module:function"`` a job names (a
+    function ``(model_path, EvaluationSettings) -> EvaluationResult``, e.g. a stand-in in tests
+    or a user's own scorer given with ``evolve --evaluator``)."""
+    if reference is None:
+        from mergekit_kinship.evaluation import evaluate
 
-    return evaluate
+        return evaluate
+    from mergekit_kinship.errors import UserError
+
+    module, _, attr = reference.partition(":")
+    try:
+        function = importlib.import_module(module)
+        for part in attr.split("."):
+            function = getattr(function, part)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"--evaluator {reference}: cannot import it ({type(err).__name__}: "
+                        f"{err}); give module:function importable from this Python") from None
+    if not attr or not callable(function):
+        raise UserError(f"--evaluator {reference}: not a function (give module:function)")
+    return function
 
 
 def run_child_job(job: ChildJob) -> JobResult:
@@ -157,7 +170,7 @@ def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
     for attempt in range(1, tries + 1):
         run.append({"event": "eval-start", "model": job.model_id, "score_key": job.score_key})
         try:
-            return resolve_evaluator()(job.model_path, settings)
+            return resolve_evaluator(job.evaluator)(job.model_path, settings)
         except Exception as err:  # lm-eval, CUDA, a broken child: recorded, then policy
             first = (str(err).strip().splitlines() or [""])[0][:300]
             error = f"{type(err).__name__}: {first}" if first else type(err).__name__

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from mergekit_kinship.executors import register_executor
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.executors.job import (
     ChildJob, EvaluationFailed, JobResult, run_child_job)
@@ -26,5 +25,3 @@ class LocalExecutor:
         except EvaluationFailed as err:  # the run stops on it: one line, no traceback
             raise UserError(str(err)) from None
 
-
-register_executor("local", LocalExecutor)

@@ -38,14 +38,12 @@ from typing import Any, Optional, Sequence
 import ray
 
 from mergekit_kinship.errors import UserError
-from mergekit_kinship.executors import register_executor
 from mergekit_kinship.executors.job import ChildJob, JobResult
 from mergekit_kinship.rundir import RunDir
 
 # Environment that changes what a job does, passed on to the workers when this executor connects
 # (the workers of a running cluster do not inherit the driver's environment).
-FORWARDED_ENV = ("MERGEKIT_KINSHIP_EVALUATOR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
-                 "TRANSFORMERS_OFFLINE")
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 # How often the driver wakes while waiting for workers, so that Ctrl-C is acted on promptly.
 _POLL_SECONDS = 0.5
@@ -67,12 +65,7 @@ class ChildWorker:
         sys.stdout.flush()
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
         import mergekit.merge  # noqa: F401  (about 10 s once per worker, not once per child)
-
-        from mergekit_kinship.executors.job import resolve_evaluator
-
-        resolve_evaluator()
-        if not os.environ.get("MERGEKIT_KINSHIP_EVALUATOR"):
-            import lm_eval  # noqa: F401
+        # The evaluator (lm-eval, or the job's own) is imported by the first job, then cached.
 
     def describe(self) -> dict[str, Any]:
         return {"node": socket.gethostname(), "pid": os.getpid(),
@@ -293,5 +286,3 @@ class RayExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-register_executor("ray", RayExecutor)

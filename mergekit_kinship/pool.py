@@ -1,0 +1,285 @@
+"""The pool of one run: its models, their scores and kinship, and the summary of what happened.
+
+:class:`Pool` is the state Algorithm 1 works on (the paper's M): foundation models first, then
+children generation by generation. It does the bookkeeping the loop in
+:mod:`mergekit_kinship.evolution` needs, each step a method: plan a generation's children
+(:mod:`mergekit_kinship.children`), merge and score them through an executor, relate new models
+to the pool by kinship, select the top-k, decide whether to stop, and summarise. Facts are found
+by content in the run directory (:class:`~mergekit_kinship.run_cache.RunCache`), so a run started
+again, or ``plan`` on the same directory, rebuilds the same pool without redoing any work.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from mergekit_kinship.errors import UserError
+from mergekit_kinship.metrics import canonical, self_kinship
+from mergekit_kinship.planner import (
+    Candidate, PoolState, mutual_kinship, plan_generation, stop_reason, top_k)
+from mergekit_kinship.recipe import Recipe
+from mergekit_kinship.run_cache import RunCache, model_folder
+from mergekit_kinship.rundir import RunDir
+
+# kinship_fn(paths: {id: path}, base_path, metrics, pairs: [(id, id)]) -> {(id, id): {metric: v}}
+KinshipFn = Callable[[dict[str, str], str, list[str], list[tuple[str, str]]],
+                     dict[tuple[str, str], dict[str, float]]]
+
+
+@dataclass
+class PoolModel:
+    """One model of the pool, as the summary's ``models`` entry describes it."""
+
+    id: str
+    name: str
+    kind: str  # "foundation" | "child"
+    identity: str
+    path: Optional[str]
+    hub_id: Optional[str] = None
+    generation: int = 0
+    parents: list[str] = field(default_factory=list)
+    exploration: bool = False
+    method: Optional[str] = None
+    yaml: Optional[str] = None
+    parents_kinship: Optional[dict[str, float]] = None
+    scores: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    fitness: Optional[float] = None
+    gain: Optional[float] = None
+    seed: Optional[int] = None
+    external: bool = False  # merged outside this tool (``plan`` + an imported scores file)
+    failed: Optional[str] = None  # its evaluation failed for good: skipped, never in the pool
+
+    def entry(self):
+        from mergekit_kinship.summary import ModelEntry
+
+        return ModelEntry(
+            name=self.name, path=self.path, kind=self.kind, hub_id=self.hub_id,
+            identity=self.identity, generation=self.generation, parents=list(self.parents),
+            exploration=self.exploration, method=self.method, yaml=self.yaml,
+            parents_kinship=self.parents_kinship, scores=dict(self.scores),
+            stderr=dict(self.stderr), fitness=self.fitness, gain=self.gain, failed=self.failed)
+
+
+class Pool:
+    """The models of one run directory and what is known about them."""
+
+    def __init__(self, recipe: Recipe, rd: RunDir, *, evaluator: Optional[str] = None,
+                 kinship_fn: Optional[KinshipFn] = None, progress: bool = True):
+        from mergekit_kinship.evaluation import evaluation_fingerprint
+
+        self.recipe = recipe
+        self.rd = rd
+        self.evaluator = evaluator
+        self.kinship_fn = kinship_fn or default_kinship
+        self.progress = progress
+        fingerprint = evaluation_fingerprint(recipe.evaluation)
+        if evaluator is not None:  # another scorer's numbers are other numbers
+            fingerprint = {**fingerprint, "evaluator": evaluator}
+        self.cache = RunCache(rd, fingerprint)
+        self.metric = canonical(recipe.metric)
+        self.metrics = sorted({self.metric, "pcc"})
+        self.models: dict[str, PoolModel] = {}
+        self.failed: dict[str, PoolModel] = {}  # children skipped (evaluation.on_error)
+        self.generations: list[dict[str, Any]] = []
+        self.merged_pairs: set[frozenset[str]] = set()
+        self.base_identity = self.cache.identity(recipe.base)
+        self.base_folder = model_folder(recipe.base)
+
+    # --- the foundation models ---------------------------------------------------------------
+    def add_foundation(self) -> list[str]:
+        """The recipe's foundation models enter the pool (generation 0); returns their ids."""
+        for spec in self.recipe.models:
+            model_id = spec.display_name
+            identity = self.cache.identity(spec)
+            twin = next((m.name for m in self.models.values() if m.identity == identity), None)
+            if twin is not None:
+                # Same weights twice: their children would be one child (same id) under two names.
+                raise UserError(f"models: {model_id} and {twin} are the same model "
+                                f"(same weights); list each foundation model once")
+            self.models[model_id] = PoolModel(
+                id=model_id, name=model_id, kind="foundation", identity=identity,
+                path=model_folder(spec), hub_id=spec.hub)
+        return [spec.display_name for spec in self.recipe.models]
+
+    # --- plan --------------------------------------------------------------------------------
+    def plan(self, generation: int) -> list[PoolModel]:
+        """The children of ``generation``: the plan ``plan`` recorded for it when there is one
+        whose parents are all in the pool (so ``plan`` and ``evolve`` agree on a directory), else
+        Algorithm 1's (:func:`~mergekit_kinship.planner.plan_generation`). Merges nothing."""
+        from mergekit_kinship.children import make_child
+
+        recorded = self.recorded_plan(generation)
+        candidates = recorded if recorded is not None else plan_generation(
+            self.recipe.strategy, self.state(generation), self.merges_left())
+        return [make_child(self, c, generation, i + 1) for i, c in enumerate(candidates)]
+
+    def recorded_plan(self, generation: int) -> Optional[list[Candidate]]:
+        events = [e for e in self.rd.events("planned") if e["generation"] == generation]
+        if not events or "candidates" not in events[-1]:
+            return None
+        candidates = [Candidate(tuple(c["parents"]), c["exploration"])
+                      for c in events[-1]["candidates"]]
+        usable = all(p in self.models for c in candidates for p in c.parents) and not any(
+            c.pair in self.merged_pairs for c in candidates)
+        return candidates if usable else None
+
+    # --- merge and score ---------------------------------------------------------------------
+    def add_children(self, children: Sequence[PoolModel]) -> None:
+        for child in children:
+            self.models[child.id] = child
+            self.merged_pairs.add(frozenset(child.parents))
+            self.rd.write_text(self.rd.yaml_path(child.id), child.yaml)
+
+    def merge_and_score(self, ids: Sequence[str], executor) -> None:
+        """Merge (children) and score every model of ``ids`` through the executor; a child whose
+        evaluation failed for good leaves the pool (kept in :attr:`failed`)."""
+        from mergekit_kinship.evaluation import fitness
+        from mergekit_kinship.materialize import job_for, weights_of
+
+        for i in ids:  # a child still to merge needs its parents' folders (pruned: merged again)
+            m = self.models[i]
+            if m.kind == "child" and self.cache.score(m.identity) is None:
+                for parent in m.parents:
+                    if self.models[parent].kind == "child":
+                        weights_of(self, parent)
+        results = executor.run([job_for(self, self.models[i]) for i in ids], progress=self.progress)
+        for result in results:
+            m = self.models[result.model_id]
+            if result.error is not None:
+                m.failed = result.error
+                self.failed[m.id] = self.models.pop(m.id)
+                print(f"warning: {m.name} ({m.id}) skipped: its evaluation failed "
+                      f"({result.error})", file=sys.stderr)
+                continue
+            self.set_scores(m, result.scores, result.stderr)
+            if m.kind == "child" and not m.external:
+                folder = self.rd.model_dir(m.id)
+                m.path = str(folder) if folder.exists() else None
+
+    def set_scores(self, m: PoolModel, scores: dict[str, float],
+                   stderr: Optional[dict[str, float]] = None) -> None:
+        from mergekit_kinship.evaluation import fitness
+
+        m.scores, m.stderr = dict(scores), dict(stderr or {})
+        m.fitness = fitness(m.scores, self.recipe.evaluation)
+        if m.kind == "child":
+            parents = [self.models[p].fitness for p in m.parents]
+            m.gain = None if None in parents else m.fitness - sum(parents) / len(parents)
+
+    # --- kinship -----------------------------------------------------------------------------
+    def _key(self, a: str, b: str) -> str:
+        return self.cache.kinship_key(self.base_identity, self.models[a].identity,
+                                      self.models[b].identity)
+
+    def kinship(self, a: str, b: str, metric: Optional[str] = None) -> Optional[float]:
+        return self.cache.kinship(self._key(a, b)).get(metric or self.metric)
+
+    def relate(self, new_ids: Sequence[str]) -> None:
+        """Kinship of every new model with every model of the pool (cached by content)."""
+        from mergekit_kinship.materialize import weights_of
+
+        ids = list(self.models)
+        new = [i for i in new_ids if i in self.models]
+        pairs = []
+        for a in new:
+            for b in ids:
+                if a != b and (b not in new or ids.index(b) < ids.index(a)):
+                    known = self.cache.kinship(self._key(a, b))
+                    if any(m not in known for m in self.metrics):  # e.g. the metric changed
+                        pairs.append((a, b))
+        if not pairs:
+            return
+        needed = sorted({m for p in pairs for m in p})
+        paths = {m: weights_of(self, m) for m in needed}
+        values = self.kinship_fn(paths, self.base_folder, self.metrics, pairs)
+        for a, b in pairs:
+            self.cache.record_kinship(self._key(a, b), [a, b], values[(a, b)])
+
+    # --- select and stop ---------------------------------------------------------------------
+    def state(self, generation: int) -> PoolState:
+        return PoolState(models=tuple(self.models),
+                         fitness={i: m.fitness if m.fitness is not None else 0.0
+                                  for i, m in self.models.items()},
+                         kinship=self.kinship, metric=self.metric, top_k=self.recipe.top_k,
+                         generation=generation, merged=frozenset(self.merged_pairs),
+                         seed=self.recipe.seed)
+
+    def top_k(self, k: Optional[int] = None) -> list[str]:
+        return top_k(list(self.models), self.state(0).fitness, k or self.recipe.top_k)
+
+    def stop_reason(self, generation: int, previous_top: list[str], new_top: list[str]
+                    ) -> Optional[str]:
+        """Why the loop stops after ``generation`` (the recipe's rules), or None to go on."""
+        stopping = self.recipe.stopping
+        planned_next = len(plan_generation(self.recipe.strategy, self.state(generation + 1),
+                                           self.merges_left()))
+        return stop_reason(
+            generation=generation, previous_top=previous_top, new_top=new_top,
+            merges_done=self.merges_done(), planned_next=planned_next,
+            max_generations=stopping.max_generations, max_merges=stopping.max_merges,
+            saturation=stopping.saturation, top_k_mutual_pcc=self.mutual_pcc(new_top))
+
+    def mutual_pcc(self, ids: Sequence[str]) -> Optional[float]:
+        return mutual_kinship(ids, lambda a, b: self.kinship(a, b, "pcc"))
+
+    def merges_done(self) -> int:
+        return sum(1 for m in [*self.models.values(), *self.failed.values()] if m.kind == "child")
+
+    def merges_left(self) -> Optional[int]:
+        cap = self.recipe.stopping.max_merges
+        return None if cap is None else cap - self.merges_done()
+
+    # --- record ------------------------------------------------------------------------------
+    def record_generation(self, generation: int, children: Sequence[PoolModel],
+                          new_top: list[str], stopped: Optional[str]) -> dict[str, Any]:
+        """The generation's record (journal + summary); returns it."""
+        kept = [c for c in children if c.id in self.models]
+        failed = [c.id for c in children if c.id in self.failed]
+        fitnesses = [c.fitness for c in kept]
+        record: dict[str, Any] = {
+            "index": generation, "children": [c.id for c in kept], "top_k": new_top,
+            "best": new_top[0], "best_fitness": self.models[new_top[0]].fitness,
+            "mean_fitness": sum(fitnesses) / len(fitnesses) if fitnesses else None,
+            "top_k_mutual_pcc": self.mutual_pcc(new_top)}
+        if failed:
+            record["failed"] = failed
+        self.generations.append(record)
+        self.rd.append({"event": "generation", **record, "stopped": stopped})
+        return record
+
+    def summary(self, stopped: Optional[str]):
+        """The run's :class:`~mergekit_kinship.summary.RunSummary` as it stands."""
+        from mergekit_kinship.summary import BaseInfo, PoolKinship, RunSummary
+
+        ids = list(self.models)
+        base = self.recipe.base
+        diagonal = self_kinship(self.metric)
+        return RunSummary(
+            recipe=self.recipe.to_dict(), strategy=self.recipe.strategy,
+            top_k=self.recipe.top_k, metric=self.metric,
+            base=BaseInfo(name=base.display_name, path=base.path, hub_id=base.hub),
+            evaluation=self.recipe.evaluation.model_dump(mode="json"),
+            models={i: m.entry() for i, m in self.models.items()},
+            generations=self.generations,
+            pool_kinship=PoolKinship(names=ids, metric=self.metric, values=[
+                [diagonal if a == b else self.kinship(a, b) for b in ids] for a in ids]),
+            saturation_threshold=self.recipe.stopping.saturation, stopped=stopped,
+            merges=self.merges_done(), best=self.top_k(1)[0] if ids else None,
+            failed={i: m.entry() for i, m in self.failed.items()})
+
+
+def default_kinship(paths: dict[str, str], base: str, metrics: list[str],
+                    pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Kinship through :func:`mergekit_kinship.streaming_kinship.kinship_matrix` (reads each
+    model once, float64 accumulators, memory bounded by a block of tensors)."""
+    from mergekit_kinship.streaming_kinship import kinship_matrix
+
+    names = list(paths)
+    index = {n: i for i, n in enumerate(names)}
+    result = kinship_matrix([paths[n] for n in names], base, metrics=tuple(metrics),
+                            pairs=[(index[a], index[b]) for a, b in pairs], progress=False)
+    return {(a, b): {m: result.values[m][index[a]][index[b]] for m in metrics}
+            for a, b in pairs}

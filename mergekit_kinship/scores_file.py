@@ -1,0 +1,106 @@
+"""Scores of models evaluated elsewhere (``plan --scores FILE``), recorded like our own.
+
+A scores file names foundation models by their recipe name and planned children by name
+(``g1-2``) or id (``c-...``); a child merged elsewhere also gives the folder ``mergekit-yaml``
+wrote, so that its kinship can be measured. Each entry becomes a score record keyed exactly like
+an evaluation ``evolve`` ran itself, so the pool is rebuilt the same way from either.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from mergekit_kinship.errors import UserError
+
+if TYPE_CHECKING:
+    from mergekit_kinship.pool import Pool
+
+SCORES_FILE_HELP = """\
+# Scores file for `mergekit-kinship plan --scores FILE` (YAML or JSON).
+# One entry per model you evaluated elsewhere: a foundation model by its recipe name, or a
+# planned child by its name (g1-2) or id (c-...). Scores are per task of the recipe's
+# `evaluation.tasks`, as lm-eval reports them (0..1). Children also give the folder that
+# `mergekit-yaml` wrote, so that kinship can be measured from their weights.
+format: 1
+models:
+  MODEL_NAME:
+    scores: {TASK: 0.0}
+  g1-1:
+    path: /where/mergekit-yaml/wrote/g1-1
+    scores: {TASK: 0.0}
+"""
+
+
+def _children(pool: "Pool") -> dict[str, str]:
+    """Name or id -> child id, for every child this run directory planned or merged."""
+    out: dict[str, str] = {}
+    for event in pool.rd.events("planned"):
+        for cid, name in (event.get("names") or {}).items():
+            out[name] = out[cid] = cid
+    for f in pool.rd.yaml_dir.glob("c-*.yaml"):
+        out.setdefault(f.stem, f.stem)
+    return out
+
+
+def import_scores(pool: "Pool", scores_file: Path) -> None:
+    """Record the file's scores (and children's folders) in the run directory; UserError (one
+    line naming the entry) for anything malformed, before anything is recorded."""
+    from mergekit_kinship.evaluation import fitness
+
+    try:
+        data = yaml.safe_load(Path(scores_file).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"{scores_file}: cannot read scores file ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        raise UserError(f"{scores_file}: expected a mapping with 'models:' (see plan --help)")
+    foundation = {m.name: m for m in pool.models.values() if m.kind == "foundation"}
+    children = _children(pool)
+    tasks = pool.recipe.evaluation.tasks
+    records = []
+    for name, entry in data["models"].items():
+        where = f"{scores_file}: models.{name}"
+        if str(name) not in foundation and str(name) not in children:
+            raise UserError(f"{where}: not a foundation model or planned child")
+        if not isinstance(entry, dict) or not isinstance(entry.get("scores"), dict):
+            raise UserError(f"{where}.scores: a mapping task -> score")
+        missing = [t for t in tasks if t not in entry["scores"]]
+        if missing:
+            raise UserError(f"{where}.scores: no score for {', '.join(missing)}")
+        scores = {t: _finite(entry["scores"][t], f"{where}.scores.{t}") for t in tasks}
+        if str(name) in foundation:
+            model_id, identity, path = foundation[str(name)].id, foundation[str(name)].identity, None
+        else:
+            model_id = identity = children[str(name)]
+            path = None
+            if not pool.rd.yaml_path(model_id).exists():  # not merged here: where is it?
+                path = entry.get("path")
+                if not path or not Path(path, "config.json").is_file():
+                    raise UserError(f"{where}.path: the folder mergekit-yaml wrote for this "
+                                    f"child (with config.json)")
+                path = str(Path(path).resolve())
+        records.append((model_id, identity, path, scores))
+    for model_id, identity, path, scores in records:
+        if path is not None:
+            pool.rd.append({"event": "external", "child": model_id, "path": path})
+        key = pool.cache.score_key(identity)
+        pool.rd.write_json(pool.rd.score_path(key), {
+            "score_key": key, "model": model_id, "identity": identity,
+            "imported": str(scores_file),
+            "result": {"scores": scores, "fitness": fitness(scores, pool.recipe.evaluation),
+                       "lm_eval_version": pool.cache.fingerprint.get("lm_eval_version"),
+                       "seconds": 0.0}})
+        pool.rd.append({"event": "scores-imported", "model": model_id, "score_key": key})
+
+
+def _finite(value, where: str) -> float:
+    try:  # bool is an int to Python; NaN would break every fitness comparison
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise UserError(f"{where}: a finite number, not {value!r}")
+    return number

@@ -427,3 +427,40 @@ def test_compare_a_corrupt_summary_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert result.exit_code == 2 and "summary.json: not valid JSON" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_plan_then_evolve_in_one_directory_make_the_same_children(tiny, tmp_path):
+    """plan records the generation it wrote; evolve on the same directory merges those very
+    children (same ids), instead of re-planning generation 1 in another parent order."""
+    recipe = load_recipe(tiny["recipe"])
+    run_dir = tmp_path / "both"
+    planned = plan_next(recipe, run_dir, progress=False)
+    summary = evolve(recipe, run_dir, progress=False)
+    assert summary["generations"][0]["children"] == [c["id"] for c in planned["children"]]
+    assert [summary["models"][c["id"]]["parents"] for c in planned["children"]] == \
+        [c["parents"] for c in planned["children"]]
+
+
+def test_an_evaluator_that_cannot_be_imported_is_one_line(tiny, tmp_path):
+    for reference, expected in (("no_such_module:score", "cannot import it"),
+                                ("evolution_helpers:no_such_function", "cannot import it"),
+                                ("evolution_helpers:SKILLS", "not a function")):
+        result = CliRunner().invoke(main, ["evolve", str(tiny["recipe"]), "--run-dir",
+                                           str(tmp_path / "run"), "--evaluator", reference])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"Error: --evaluator {reference}: {expected}")
+        assert not (tmp_path / "run").exists()
+
+
+def test_scores_of_another_evaluator_are_kept_apart(tiny, clean, tmp_path):
+    """The evaluator is part of what a score means: a run scored by the stand-in and the same
+    run scored by lm-eval never share a score file."""
+    from mergekit_kinship.evaluation import evaluation_fingerprint
+    from mergekit_kinship.identity import content_hash
+
+    run_dir, s = clean
+    recipe = load_recipe(tiny["recipe"])
+    lm_eval_key = content_hash({"model": s["models"]["child0"]["identity"],
+                                "evaluation": evaluation_fingerprint(recipe.evaluation)})
+    assert not (run_dir / "scores" / f"{lm_eval_key}.json").exists()
+    assert len(list((run_dir / "scores").glob("*.json"))) == len(s["models"])

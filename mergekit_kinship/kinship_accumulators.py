@@ -144,8 +144,9 @@ class KinshipAccumulator:
     def add(self, base: torch.Tensor, models, group: str = "all", *, tensor: str = "?") -> None:
         """Add one tensor: ``base`` and each of the N ``models`` tensors, all of one shape, any
         floating dtype and device. A model with added vocabulary rows is passed as its first
-        ``base.shape[0]`` rows. ``tensor`` names it in errors. Raises :class:`UserError` on NaN or
-        Inf, ``ValueError`` on a wrong count or shape."""
+        ``base.shape[0]`` rows. ``tensor`` names it in errors. Memory: the reducer's scratch, plus
+        one copy of any tensor that is not contiguous. Raises :class:`UserError` on NaN or Inf
+        (nothing is merged then), ``ValueError`` on a wrong count or shape."""
         models = list(models)
         if len(models) != self.n_models:
             raise ValueError(f"expected {self.n_models} model tensors, got {len(models)}")

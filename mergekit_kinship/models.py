@@ -6,9 +6,9 @@ safetensors are parsed here, without mergekit: the header gives every tensor's d
 range, so a model can be listed, checked (architecture, hidden size, shapes, truncation) and
 compared before any weight is read, and a weight is read as any sub-range of its bytes with one
 ``readinto`` into a caller's buffer. Nothing is memory-mapped, so the bytes read do not stay in the
-process's resident memory. Hub ids are resolved to a local snapshot through mergekit's
-``ModelReference`` (only then is mergekit imported), and ``.bin`` files are opened with
-``torch.load(mmap=True, weights_only=True)``.
+process's resident memory. Hub ids are resolved to a local snapshot by
+:func:`mergekit_kinship.hub.snapshot` (the package's one hub resolver), and ``.bin`` files are
+opened with ``torch.load(mmap=True, weights_only=True)``.
 
 Every problem with a user's file is a :class:`~mergekit_kinship.errors.UserError` that names the
 model and the file or tensor.
@@ -17,15 +17,14 @@ model and the file or tensor.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from mergekit_kinship import hub
 from mergekit_kinship.errors import UserError
 
 # safetensors dtype names -> torch dtypes we can compare (floating point weights only).
@@ -41,8 +40,6 @@ SAFETENSORS_DTYPES = {
 _OTHER_DTYPES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4, "I64": 8, "U64": 8}
 
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors' own cap on a header's size
-# org/name or a legacy single name (gpt2), with an optional @revision
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
 @dataclass(frozen=True)
@@ -160,9 +157,10 @@ def _config_value(config: dict, keys: tuple[str, ...]):
 def resolve(ref: str | os.PathLike, cache_dir: str | None = None) -> tuple[Path, str]:
     """(local folder, display name) for a local path or a hub id.
 
-    An existing path is local; anything else that looks like ``[org/]name[@revision]`` is fetched as
-    mergekit fetches it (safetensors if the repo has them, else ``.bin``; config and tokenizer
-    files), which needs the network or the local hub cache.
+    An existing path is local; anything else that looks like ``[org/]name[@revision]`` is a hub
+    snapshot (:func:`mergekit_kinship.hub.snapshot`: safetensors if the repo has them, else
+    ``.bin``; config and tokenizer files), which needs the network or the local hub cache. The
+    display name of a hub model is the reference as given, revision included.
     """
     text = str(ref)
     path = Path(text).expanduser()
@@ -172,23 +170,10 @@ def resolve(ref: str | os.PathLike, cache_dir: str | None = None) -> tuple[Path,
         return path, path.resolve().name
     if "+" in text:
         raise UserError(f"{text}: LoRA references (model+lora) are not supported; merge the adapter first")
-    if not _HUB_ID.match(text):
+    if not hub.is_hub_id(text):
         raise UserError(f"{text} is not a model: no such folder, and not a hub id (org/name)")
-    # huggingface_hub logs every retry ("... thrown while requesting", "Retrying in 8s") on stderr:
-    # offline, a mistyped local path would print a dozen lines before our one-line error.
-    from mergekit.common import ModelReference  # imports huggingface_hub, which sets its log level
-
-    hub_logger = logging.getLogger("huggingface_hub")
-    level = hub_logger.level
-    hub_logger.setLevel(logging.ERROR)
-    try:
-        local = ModelReference.parse(text).local_path(cache_dir=cache_dir)
-    except Exception as err:  # offline, unknown repo, gated repo ... : all the user's to fix
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{text} is not a local folder and could not be fetched from the hub: {first}") from None
-    finally:
-        hub_logger.setLevel(level)
-    return Path(local), text
+    repo, revision = hub.split_revision(text)
+    return hub.snapshot(repo, revision, cache_dir=cache_dir), text
 
 
 def open_model(ref: str | os.PathLike, *, cache_dir: str | None = None) -> Model:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import mergekit_kinship.streaming_kinship as engine
+import mergekit_kinship.kinship_accumulators as accumulators
+import mergekit_kinship.kinship_stream as stream
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.streaming_kinship import KinshipWarning, kinship, kinship_matrix
 from tiny_models import (
@@ -53,8 +54,8 @@ def chunking(request, monkeypatch):
     """Default blocks, and blocks of 256 bytes reduced 16 elements at a time, so that every tensor
     spans many blocks and sub-chunks and the float64 merges between them are exercised."""
     if request.param == "tiny":
-        monkeypatch.setattr(engine, "BLOCK_BYTES", 256)
-        monkeypatch.setattr(engine, "CPU_SUBCHUNK", 16)
+        monkeypatch.setattr(stream, "BLOCK_BYTES", 256)
+        monkeypatch.setattr(accumulators, "CPU_SUBCHUNK", 16)
     return request.param
 
 
@@ -183,7 +184,7 @@ def test_near_identical_models_keep_euclidean_exact(family, tmp_path):
 
 def test_pcc_is_stable_when_deltas_have_a_large_mean(family, tmp_path, monkeypatch):
     # Deltas ≈ 30 + 1e-4·noise: Σxy/n − x̄ȳ cancels ~7 digits; centred moments must not.
-    monkeypatch.setattr(engine, "CPU_SUBCHUNK", 1000)
+    monkeypatch.setattr(accumulators, "CPU_SUBCHUNK", 1000)
     base = family["base"]
     weights = read_weights(base)
     gen = torch.Generator().manual_seed(5)
@@ -238,3 +239,51 @@ def test_empty_tensor_adds_nothing(family, tmp_path):
     result = kinship(out["a"], out["b"], out["base"], progress=False)
     assert_close(result.values, dense_kinship(base, a, b))
     assert result.n_tensors == len(read_weights(base)) + 1
+
+
+def test_accumulator_fed_in_memory_equals_the_streaming_pass(family, tmp_path):
+    """The public accumulator, fed whole tensors already in memory (as a merge hook would), gives
+    the streaming engine's values, per group too; a model with added vocabulary rows is fed its
+    first base.shape[0] rows."""
+    from mergekit_kinship.kinship_accumulators import KinshipAccumulator
+    from mergekit_kinship.kinship_selection import group_of
+
+    base = family["base"]
+    bigger = make_child(base, tmp_path / "bigger", seed=4, shared_seed=9, extra_vocab=5)
+    paths = [family["a"], family["b"], bigger]
+    weights = [read_weights(p) for p in (base, *paths)]
+    acc = KinshipAccumulator(len(paths))
+    for name, b in weights[0].items():
+        acc.add(b, [w[name][: b.shape[0]] for w in weights[1:]], group_of(name, "module"), tensor=name)
+    with pytest.warns(KinshipWarning):
+        matrix = kinship_matrix(paths, base, progress=False)
+    assert acc.n_params() == matrix.n_params
+    for i in range(3):
+        for j in range(i + 1, 3):
+            for metric in ("pcc", "cosine", "euclidean"):
+                assert acc.value(metric, i, j) == pytest.approx(matrix.values[metric][i][j], rel=1e-12)
+    assert_close({m: acc.value(m, 0, 1) for m in ("pcc", "cosine", "euclidean")},
+                 dense_kinship(base, family["a"], family["b"]))
+    assert acc.value("cs", 0, 1) == acc.value("cosine", 0, 1)  # the one metric vocabulary
+    split = kinship(family["a"], family["b"], base, breakdown="module", progress=False)
+    for group, entry in split.breakdown.items():
+        assert acc.n_params(group) == entry["params"]
+        assert acc.value("pcc", 0, 1, group) == pytest.approx(entry["pcc"], rel=1e-12)
+
+
+def test_accumulator_rejects_what_it_cannot_compare(family):
+    from mergekit_kinship.kinship_accumulators import KinshipAccumulator
+
+    acc = KinshipAccumulator(2)
+    b = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match="expected 2 model tensors"):
+        acc.add(b, [b + 1])
+    with pytest.raises(ValueError, match=r"'w': shape \[3, 4\]"):
+        acc.add(b, [b + 1, (b + 1).T], tensor="w")
+    bad = b.clone()
+    bad[1, 1] = float("inf")
+    with pytest.raises(UserError, match="NaN or Inf in tensor 'w' of model 1"):
+        acc.add(b, [b + 1, bad], tensor="w")
+    assert acc.groups == {}  # nothing was merged
+    acc.add(b, [b + 1, b - 1])
+    assert acc.value("cosine", 0, 1) == -1.0 and acc.value("pcc", 0, 1) is None  # constant deltas

@@ -127,3 +127,18 @@ def test_cli_process_streams_progress_to_stderr_and_imports_only_what_it_uses(fa
     assert proc.stdout.startswith("kinship of math and code")
     assert "kinship:" in proc.stderr and "B/s" in proc.stderr
     assert "B/s" not in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["kinship", "matrix"])
+def test_help_names_every_metric_and_shows_each_pattern_option_itself(command):
+    from mergekit_kinship.metrics import ALIASES, METRICS
+
+    text = " ".join(CliRunner().invoke(main, [command, "--help"]).stdout.split())
+    for name in (*METRICS, *ALIASES):
+        assert re.search(rf"\b{name}\b", text), name
+    from mergekit_kinship.commands.kinship import kinship_cmd, matrix_cmd
+
+    options = {p.opts[0]: p.help for p in (kinship_cmd if command == "kinship" else matrix_cmd).params}
+    for option in ("--include", "--exclude"):
+        assert f"E.g. {option} '" in options[option], options[option]
+        assert f"{'--exclude' if option == '--include' else '--include'}" not in options[option]

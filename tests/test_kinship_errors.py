@@ -66,7 +66,10 @@ def test_path_that_is_not_a_model(fam, tmp_path):
 
 def test_hub_id_that_cannot_be_fetched_offline(fam):
     line = assert_user_error(run_cli("kinship", "someone/no-such-model", fam["b"], "--base", fam["base"]))
-    assert "someone/no-such-model is not a local folder and could not be fetched from the hub" in line
+    assert line.startswith("Error: someone/no-such-model: not a local folder and could not be fetched from the hub")
+    # a revision is the hub's to resolve, and is named with the repo
+    line = assert_user_error(run_cli("kinship", "someone/no-such-model@v2", fam["b"], "--base", fam["base"]))
+    assert line.startswith("Error: someone/no-such-model@v2: not a local folder")
 
 
 def test_different_architecture(fam):
@@ -223,18 +226,19 @@ def test_hub_retries_are_not_printed(fam, tmp_path):
 
     script = textwrap.dedent(f"""
         import logging
-        from mergekit.common import ModelReference
-        def local_path(self, cache_dir=None):
+        import huggingface_hub
+        def snapshot_download(*args, **kwargs):
             logging.getLogger("huggingface_hub.utils._http").warning("'Name or service not known' thrown while requesting")
             raise OSError("Name or service not known")
-        ModelReference.local_path = local_path
+        huggingface_hub.snapshot_download = snapshot_download
         from mergekit_kinship.cli import main
         main(["kinship", "someone/no-such-model", {str(fam['b'])!r}, "--base", {str(fam['base'])!r}, "-q"])
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "Error: someone/no-such-model is not a local folder and could not be fetched from the hub: Name or service not known"
+        "Error: someone/no-such-model: not a local folder and could not be fetched from the hub "
+        "(OSError: Name or service not known)"
     ]
 
 

@@ -1,6 +1,7 @@
 """``mergekit-kinship kinship`` and ``mergekit-kinship matrix``: kinship of fine-tunes of one base.
 
-Only click and the standard library are imported here; the engine (torch) loads when a command runs.
+Only click and the package's pure modules (metric names, formatting) are imported here; the engine
+(torch) loads when a command runs.
 """
 
 from __future__ import annotations
@@ -12,16 +13,30 @@ import warnings
 
 import click
 
-_METRIC_HELP = "Comma-separated metrics: pcc, cosine (cs), euclidean (ed)."
-_PATTERN_HELP = "Glob pattern on tensor names, repeatable, e.g. --exclude 'lm_head.*' --exclude '*embed_tokens*'."
+from mergekit_kinship.formatting import metric_value, text_table
+from mergekit_kinship.metrics import ALIASES, METRICS
+
+
+def _metric_help() -> str:
+    names = []
+    for metric in METRICS:
+        aliases = [a for a, c in ALIASES.items() if c == metric]
+        names.append(f"{metric} ({', '.join(aliases)})" if aliases else metric)
+    return f"Comma-separated metrics: {', '.join(names)}."
+
+
+_METRIC_HELP = _metric_help()
+_PATTERN_HELP = "Glob pattern on tensor names, repeatable."
 
 
 def _selection_options(fn):
     fn = click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(fn)
-    fn = click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out matching tensors. " + _PATTERN_HELP)(fn)
-    fn = click.option("--include", multiple=True, metavar="GLOB", help="Compare only matching tensors. " + _PATTERN_HELP)(fn)
-    fn = click.option("--metric", "-m", default="pcc,cosine,euclidean", show_default=True, help=_METRIC_HELP)(fn)
+    fn = click.option("--exclude", multiple=True, metavar="GLOB", help=(
+        "Leave out matching tensors. " + _PATTERN_HELP + " E.g. --exclude 'lm_head.*' --exclude '*embed_tokens*'."))(fn)
+    fn = click.option("--include", multiple=True, metavar="GLOB", help=(
+        "Compare only matching tensors. " + _PATTERN_HELP + " E.g. --include '*self_attn*' --include '*mlp*'."))(fn)
+    fn = click.option("--metric", "-m", default=",".join(METRICS), show_default=True, help=_METRIC_HELP)(fn)
     fn = click.option("--base", "-b", required=True, metavar="BASE", help="The common base model (folder or hub id).")(fn)
     return fn
 
@@ -41,19 +56,9 @@ def _warn_on_stderr(run):
     return result
 
 
-def _fmt(value, metric: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if metric == "euclidean" else f"{value:.4f}"
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    """Names in the first column, numbers right-aligned in the others."""
+    return text_table(header, rows, align_right=range(1, len(header)))
 
 
 @click.command("kinship")
@@ -82,11 +87,11 @@ def kinship_cmd(model_a, model_b, base, metric, include, exclude, quiet, device,
         f"kinship of {result.model_a} and {result.model_b} (deltas from {result.base}): "
         f"{result.n_params:,} parameters in {result.n_tensors} tensors"
     )
-    click.echo(_table(["metric", "value"], [[m, _fmt(result.values[m], m)] for m in result.metrics]))
+    click.echo(_table(["metric", "value"], [[m, metric_value(result.values[m], m)] for m in result.metrics]))
     if result.breakdown:
         click.echo("")
         rows = [
-            [group, f"{entry['params']:,}", *[_fmt(entry[m], m) for m in result.metrics]]
+            [group, f"{entry['params']:,}", *[metric_value(entry[m], m) for m in result.metrics]]
             for group, entry in result.breakdown.items()
         ]
         click.echo(_table([breakdown, "params", *result.metrics], rows))
@@ -107,7 +112,8 @@ def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, c
     paper's kinship of the whole group.
     """
     from mergekit_kinship.errors import UserError
-    from mergekit_kinship.streaming_kinship import kinship_matrix, parse_metrics
+    from mergekit_kinship.metrics import parse_metrics
+    from mergekit_kinship.streaming_kinship import kinship_matrix
 
     parse_metrics(metric)  # an unknown metric fails before anything else
     if len(models) < 2:
@@ -142,8 +148,8 @@ def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, c
         )
         for m in result.metrics:
             click.echo("")
-            click.echo(f"{m}  (mean over pairs {_fmt(result.mean(m), m)})")
-            rows = [[name, *[_fmt(v, m) for v in row]] for name, row in zip(result.names, result.values[m])]
+            click.echo(f"{m}  (mean over pairs {metric_value(result.mean(m), m)})")
+            rows = [[name, *[metric_value(v, m) for v in row]] for name, row in zip(result.names, result.values[m])]
             click.echo(_table(["", *result.names], rows))
     for path, what in ((csv_path, "csv"), (plot_path, "heatmap")):
         if path:

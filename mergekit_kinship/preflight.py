@@ -121,7 +121,7 @@ def check_foundation_models(recipe: Recipe) -> None:
     models are checked when fetched. Raises :class:`UserError` naming the model and the tensor.
     """
     from mergekit_kinship.models import check_compatible, open_model
-    from mergekit_kinship.streaming_kinship import added_vocab_rows
+    from mergekit_kinship.kinship_selection import added_vocab_rows
 
     seen: dict[Any, str] = {}
     for spec in recipe.models:

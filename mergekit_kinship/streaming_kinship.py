@@ -34,10 +34,6 @@ from mergekit_kinship.kinship_selection import BREAKDOWNS, group_order
 from mergekit_kinship.kinship_stream import KinshipWarning, run_pass
 from mergekit_kinship.metrics import METRICS, parse_metrics, self_kinship
 
-# evolution.py still imports added_vocab_rows (and parse_metrics) from here; each is defined once,
-# in kinship_selection and metrics, and new code should import it from there.
-from mergekit_kinship.kinship_selection import added_vocab_rows  # noqa: F401,E402
-
 __all__ = ["kinship", "kinship_matrix", "KinshipResult", "KinshipMatrix", "KinshipWarning"]
 
 

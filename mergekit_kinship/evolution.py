@@ -524,8 +524,9 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
         summary = run.write_summary(stopped)
         # Every child gets its Hub card: in its folder when kept, else under RUN_DIR/cards/.
         from mergekit_kinship.card import write_cards
+        from mergekit_kinship.summary import parse_summary
 
-        write_cards(rd.path, summary)
+        write_cards(rd.path, parse_summary(summary))
         return summary
 
 

@@ -13,15 +13,11 @@ import pytest
 from click.testing import CliRunner
 from test_card import finished_run, synthetic_summary
 
-from mergekit_kinship.card import load_summary
 from mergekit_kinship.cli import main
-from mergekit_kinship.report import (
-    kinship_gain_statistics,
-    pearson,
-    render_report,
-    saturation,
-    t_two_sided_p,
-)
+from mergekit_kinship.findings import kinship_gain_statistics, saturation
+from mergekit_kinship.report import render_report
+from mergekit_kinship.statistics import pearson, t_two_sided_p
+from mergekit_kinship.summary import load_summary
 
 
 @pytest.mark.parametrize(
@@ -72,9 +68,9 @@ def test_report_renders_from_a_finished_run(tmp_path_factory):
     assert not re.search(r'(src|href)="(http|/|file:)', document)
 
     # Kinship against gain, as numpy computes it from the summary's merges.
-    merges = [m for m in summary["models"].values() if m["kind"] == "child"]
-    kinship = [m["parents_kinship"]["pcc"] for m in merges]
-    gains = [m["gain"] for m in merges]
+    merges = [summary.models[m] for m in summary.child_ids()]
+    kinship = [m.parents_kinship["pcc"] for m in merges]
+    gains = [m.gain for m in merges]
     r_signed = np.corrcoef(kinship, gains)[0, 1]
     r_abs = np.corrcoef(kinship, np.abs(gains))[0, 1]
     stats = kinship_gain_statistics(summary)
@@ -85,24 +81,24 @@ def test_report_renders_from_a_finished_run(tmp_path_factory):
 
     # One row per generation, every model listed.
     generations = re.search(r"<th>top-k mutual PCC</th></tr></thead><tbody>(.*?)</tbody>", document).group(1)
-    assert generations.count("<tr>") == len(summary["generations"])
-    for model_id in summary["models"]:
+    assert generations.count("<tr>") == len(summary.generations)
+    for model_id in summary.models:
         assert f"<code>{model_id}</code>" in document
 
 
 def test_saturation_warning_follows_the_threshold(tmp_path_factory):
     summary = load_summary(finished_run(tmp_path_factory))
-    last = summary["generations"][-1]["top_k_mutual_pcc"]
-    summary["saturation_threshold"] = last - 0.01
+    last = summary.generations[-1].top_k_mutual_pcc
+    summary.saturation_threshold = last - 0.01
     assert saturation(summary)["saturated"]
     assert "<b>Saturation:</b> the final top-k's mutual PCC is" in render_report(summary)
-    highest = max(g["top_k_mutual_pcc"] for g in summary["generations"])
-    summary["saturation_threshold"] = min(highest + 0.01, 1.0)
+    highest = max(g.top_k_mutual_pcc for g in summary.generations)
+    summary.saturation_threshold = min(highest + 0.01, 1.0)
     assert not saturation(summary)["saturated"]
     document = render_report(summary)
     assert "<b>Saturation:</b>" not in document and "No saturation" in document
     # Without a threshold in the recipe, the paper's 0.9 is the yardstick.
-    summary["saturation_threshold"] = None
+    summary.saturation_threshold = None
     assert saturation(summary)["threshold"] == 0.9
 
 
@@ -116,7 +112,7 @@ def test_report_needs_only_the_summary(tmp_path_factory, tmp_path):
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert payload["report"] == str(out) and out.is_file()
-    assert math.isclose(payload["top_k_mutual_pcc"], load_summary(alone)["generations"][-1]["top_k_mutual_pcc"])
+    assert math.isclose(payload["top_k_mutual_pcc"], load_summary(alone).generations[-1].top_k_mutual_pcc)
 
 
 def test_report_of_a_folder_without_a_run_is_a_user_error(tmp_path):

@@ -111,5 +111,5 @@ def finish(pool: Pool, keep: str, survivors: list[str], stopped: str) -> RunSumm
     summary = pool.summary(stopped)
     write_summary(rd.path, summary)
     # Every child gets its Hub card: in its folder when kept, else under RUN_DIR/cards/.
-    write_cards(rd.path, summary.to_json())  # TODO(issue 10 merge): typed summary
+    write_cards(rd.path, summary)
     return summary

@@ -10,9 +10,11 @@ import yaml
 import pytest
 from click.testing import CliRunner
 
-from mergekit_kinship.card import build_card, hub_ancestors, lineage, load_summary, write_card, write_cards
+from mergekit_kinship.card import build_card, write_card, write_cards
+from mergekit_kinship.card_metadata import hub_ancestors
 from mergekit_kinship.cli import main
 from mergekit_kinship.errors import UserError
+from mergekit_kinship.summary import RunSummary, load_summary
 
 
 def slerp_yaml(a: str, b: str) -> str:
@@ -113,11 +115,11 @@ def finished_run(tmp_path_factory) -> Path:
     return _FINISHED_RUNS["run"]
 
 
-def parents_from_yaml(run_dir: Path, summary: dict) -> dict[str, list[str]]:
+def parents_from_yaml(run_dir: Path, summary: RunSummary) -> dict[str, list[str]]:
     """{child id: parent ids} read from the mergekit YAML files the run wrote (RUN/yaml/<id>.yaml),
     not from the summary: a parent is recognised by its folder."""
-    by_path = {m["path"]: i for i, m in summary["models"].items() if m["kind"] == "foundation"}
-    by_path.update({str(run_dir / "models" / i): i for i, m in summary["models"].items() if m["kind"] == "child"})
+    by_path = {m.path: i for i, m in summary.models.items() if m.kind == "foundation"}
+    by_path.update({str(run_dir / "models" / i): i for i in summary.child_ids()})
     parents = {}
     for path in sorted((run_dir / "yaml").glob("*.yaml")):
         config = yaml.safe_load(path.read_text())
@@ -129,7 +131,9 @@ def parents_from_yaml(run_dir: Path, summary: dict) -> dict[str, list[str]]:
 
 @pytest.fixture
 def run(tmp_path):
-    return tmp_path, synthetic_summary(tmp_path)
+    """(run directory, its summary as card and report read it: a format-1 summary.json loaded)."""
+    synthetic_summary(tmp_path)
+    return tmp_path, load_summary(tmp_path)
 
 
 def parse_tree(card_text: str) -> dict[str, list[str]]:
@@ -165,7 +169,7 @@ def test_metadata_round_trips_through_huggingface_hub(run, tmp_path):
     assert set(data["tags"]) >= {"merge", "mergekit", "model-kinship"}
     name, results = model_index_to_eval_results(data["model-index"])
     assert name == "kin-g3x"
-    assert {r.dataset_name: r.metric_value for r in results} == summary["models"]["g3x"]["scores"]
+    assert {r.dataset_name: r.metric_value for r in results} == summary.models["g3x"].scores
     assert {r.metric_type for r in results} == {"acc"}
 
 
@@ -173,27 +177,41 @@ def test_base_model_lists_only_the_childs_own_hub_ancestors(run):
     _, summary = run
     # g1c descends from code (hub) and chat (local): chat is not a hub id.
     assert hub_ancestors(summary, "g1c") == ["org/code-7b", "org/base-7b"]
-    summary["base"]["hub_id"] = None
-    summary["models"]["code"]["hub_id"] = None
+    summary.base.hub_id = None
+    summary.models["code"].hub_id = None
     assert "base_model" not in build_card(summary, "g1c").data.to_dict()
+
+
+def test_card_mentions_base_model_only_when_its_metadata_has_one(run):
+    _, summary = run
+    with_hub = build_card(summary, "g1c")
+    assert with_hub.data.base_model == ["org/code-7b", "org/base-7b"]
+    assert "`base_model` above lists only the original hub ancestors" in with_hub.text
+    # All ancestors local: no base_model in the metadata, and the body does not point at one.
+    summary.base.hub_id = None
+    summary.models["code"].hub_id = None
+    local = build_card(summary, "g1c")
+    assert local.data.base_model is None
+    assert "`base_model`" not in local.text  # (the mergekit YAML has its own base_model key)
+    assert "No model of this lineage has a Hub id" in local.text
 
 
 def test_lineage_in_the_card_matches_the_run(run):
     _, summary = run
-    models = summary["models"]
+    models = summary.models
     for model_id in ("g3x", "g3a", "g2x", "g1a"):
         text = str(build_card(summary, model_id))
         edges = parse_tree(text)
-        expected = {models[m]["name"]: [models[p]["name"] for p in models[m]["parents"]]
-                    for m in lineage(summary, model_id) if models[m]["parents"]}
+        expected = {models[m].name: [models[p].name for p in models[m].parents]
+                    for m in summary.lineage(model_id) if models[m].parents}
         assert edges == expected, model_id
         # One row per merge of the lineage, with its method and parents' kinship.
-        merges = [m for m in lineage(summary, model_id) if models[m]["kind"] == "child"]
+        merges = [m for m in summary.lineage(model_id) if models[m].kind == "child"]
         table = text.split("### Merges in this lineage")[1].split("###")[0]
         for merge in merges:
-            kinship = f"pcc {models[merge]['parents_kinship']['pcc']:.3f}"
-            assert re.search(rf"\| {re.escape(models[merge]['name'])}( \(exploration\))? \| "
-                             rf"{models[merge]['generation']} \| slerp \|.*\| {kinship} \|", table), merge
+            kinship = f"pcc {models[merge].parents_kinship['pcc']:.4f}"
+            assert re.search(rf"\| {re.escape(models[merge].name)}( \(exploration\))? \| "
+                             rf"{models[merge].generation} \| slerp \|.*\| {kinship} \|", table), merge
         assert table.count("\n| ") == len(merges) + 1  # header row + one per merge
 
 
@@ -204,9 +222,9 @@ def test_scores_against_parents_and_exact_yaml(run):
     assert table.splitlines()[0] == "| task | **kin-g3x** | kin-g2a | kin-g2x | parents' mean | difference |"
     arith = next(line for line in table.splitlines() if line.startswith("| arith"))
     assert arith == "| arith | 0.8500 | 0.8200 | 0.6200 | 0.7200 | +0.1300 |"
-    assert "```yaml\n" + summary["models"]["g3x"]["yaml"] in text
+    assert "```yaml\n" + summary.models["g3x"].yaml in text
     for ancestor in ("g2a", "g2x", "g1a", "g1b"):  # every ancestor merge's config too
-        assert summary["models"][ancestor]["yaml"] in text
+        assert summary.models[ancestor].yaml in text
 
 
 def test_card_command_writes_where_the_weights_are(run):
@@ -226,8 +244,8 @@ def test_card_of_a_foundation_model_never_writes_into_its_folder(run, tmp_path):
     own = tmp_path / "users-math-model"
     own.mkdir()
     (own / "README.md").write_text("the user's own card")
-    summary["models"]["math"]["path"] = str(own)
-    (run_dir / "summary.json").write_text(json.dumps(summary))
+    summary.models["math"].path = str(own)
+    (run_dir / "summary.json").write_text(json.dumps(summary.to_json()))
     result = CliRunner().invoke(main, ["card", str(run_dir), "math"])
     assert result.exit_code == 0, result.output
     assert (own / "README.md").read_text() == "the user's own card"
@@ -253,7 +271,7 @@ def test_card_command_user_errors(run, tmp_path):
     broken = json.loads((run_dir / "summary.json").read_text())
     broken["models"]["g3x"]["parents"] = ["g2a", "ghost"]
     (run_dir / "summary.json").write_text(json.dumps(broken))
-    with pytest.raises(UserError, match=r"models\.g3x\.parents names unknown model 'ghost'"):
+    with pytest.raises(UserError, match=r"models\.g3x\.parents: unknown model 'ghost'"):
         load_summary(run_dir)
 
 
@@ -283,9 +301,9 @@ def test_cards_of_a_finished_run_follow_its_mergekit_configs(tmp_path_factory, t
 
     run_dir = finished_run(tmp_path_factory)
     summary = load_summary(run_dir)
-    models = summary["models"]
+    models = summary.models
     on_disk = parents_from_yaml(run_dir, summary)
-    children = [i for i, m in models.items() if m["kind"] == "child"]
+    children = summary.child_ids()
     assert sorted(on_disk) == sorted(children) and len(children) >= 6
     for child in children:
         card = ModelCard.load(write_card(summary, child, tmp_path / child / "README.md"))
@@ -294,13 +312,14 @@ def test_cards_of_a_finished_run_follow_its_mergekit_configs(tmp_path_factory, t
         stack = [child]
         while stack:
             node = stack.pop()
-            if node in on_disk and models[node]["name"] not in expected:
-                expected[models[node]["name"]] = [models[p]["name"] for p in on_disk[node]]
+            if node in on_disk and models[node].name not in expected:
+                expected[models[node].name] = [models[p].name for p in on_disk[node]]
                 stack.extend(on_disk[node])
         assert parse_tree(card.text) == expected, child
         assert (run_dir / "yaml" / f"{child}.yaml").read_text() in card.text
         data = card.data.to_dict()
         assert "base_model" not in data  # every ancestor is a local folder
+        assert "`base_model`" not in card.text  # so the body does not point at it
         assert {r.dataset_name for r in card.data.eval_results} == {"skill0", "skill1", "skill2"}
 
 
@@ -310,13 +329,13 @@ def test_write_cards_covers_every_child_kept_or_not(tmp_path_factory, tmp_path):
     shutil.copytree(run_dir, copy)
     summary = load_summary(copy)
     # Point the summary at the copy so that no card lands in the shared run.
-    for model in summary["models"].values():
-        if model["path"] and model["path"].startswith(str(run_dir)):
-            model["path"] = str(copy) + model["path"][len(str(run_dir)):]
+    for model in summary.models.values():
+        if model.path and model.path.startswith(str(run_dir)):
+            model.path = str(copy) + model.path[len(str(run_dir)):]
     written = write_cards(copy, summary)
-    children = {i for i, m in summary["models"].items() if m["kind"] == "child"}
+    children = set(summary.child_ids())
     assert set(written) == children
-    kept = {i for i in children if summary["models"][i]["path"]}
+    kept = {i for i in children if summary.models[i].path}
     assert kept and kept != children  # --keep survivors pruned some weights
     for model_id, path in written.items():
         where = copy / "models" / model_id if model_id in kept else copy / "cards" / model_id
@@ -328,10 +347,9 @@ def test_evolve_leaves_a_card_for_every_child(tmp_path_factory):
 
     run_dir = finished_run(tmp_path_factory)
     summary = load_summary(run_dir)
-    for model_id, model in summary["models"].items():
-        if model["kind"] != "child":
-            continue
-        where = Path(model["path"]) if model["path"] else run_dir / "cards" / model_id
+    for model_id in summary.child_ids():
+        model = summary.models[model_id]
+        where = Path(model.path) if model.path else run_dir / "cards" / model_id
         card = ModelCard.load(where / "README.md")
         assert "model-kinship" in card.data.tags
         assert (run_dir / "yaml" / f"{model_id}.yaml").read_text() in card.text

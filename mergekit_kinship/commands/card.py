@@ -25,13 +25,15 @@ def card_cmd(run_dir, child, out_path, repo_id, private, as_json):
     import json
     from pathlib import Path
 
-    from mergekit_kinship.card import default_card_path, find_model, load_summary, push_to_hub, write_card
+    from mergekit_kinship.card import default_card_path, write_card
     from mergekit_kinship.errors import UserError
+    from mergekit_kinship.hub_push import push_to_hub
+    from mergekit_kinship.summary import load_summary
 
     if private and not repo_id:
         raise UserError("--private applies to --push-to-hub only; add --push-to-hub owner/name")
     summary = load_summary(run_dir)
-    model_id = find_model(summary, child)
+    model_id = summary.find(child)
     target = Path(out_path) if out_path else default_card_path(run_dir, summary, model_id)
     try:
         written = write_card(summary, model_id, target)
@@ -40,11 +42,10 @@ def card_cmd(run_dir, child, out_path, repo_id, private, as_json):
                         f"({err.strerror or err})") from None
     url = None
     if repo_id:
-        model_path = summary["models"][model_id].get("path")
-        url = push_to_hub(written, repo_id, model_dir=model_path, private=private)
+        url = push_to_hub(written, repo_id, model_dir=summary.models[model_id].path, private=private)
     if as_json:
         click.echo(json.dumps({"model": model_id, "card": str(written), "pushed_to": url}))
     else:
-        click.echo(f"card of {summary['models'][model_id]['name']} written to {written}")
+        click.echo(f"card of {summary.models[model_id].name} written to {written}")
         if url:
             click.echo(f"pushed to {url}")

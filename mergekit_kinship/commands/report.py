@@ -16,9 +16,10 @@ def report_cmd(run_dir, out_path, as_json):
     warning. Images are embedded: the file stands alone."""
     import json
 
-    from mergekit_kinship.card import load_summary
     from mergekit_kinship.errors import UserError
-    from mergekit_kinship.report import kinship_gain_statistics, saturation, write_report
+    from mergekit_kinship.findings import kinship_gain_statistics, saturation
+    from mergekit_kinship.report import write_report
+    from mergekit_kinship.summary import load_summary
 
     try:
         written = write_report(run_dir, out_path)

@@ -1,0 +1,75 @@
+"""What a run's summary shows beyond its records: the run's order of models, kinship against
+merge gain, and saturation. Pure functions of a :class:`~mergekit_kinship.summary.RunSummary`,
+shared by the report (HTML) and the ``report`` command's text output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from mergekit_kinship.metrics import ALIASES
+from mergekit_kinship.statistics import pearson
+from mergekit_kinship.summary import ModelEntry, RunSummary
+
+PAPER_SATURATION = 0.9  # §4.4: above ~0.9 mutual PCC, merges of the top models stop gaining
+
+
+def run_order(summary: RunSummary) -> list[str]:
+    """Every model of the pool in the order the run made it: the foundation models in recipe
+    order, then the children generation by generation as ``generations[].children`` lists them
+    (so ``g1-2`` comes before ``g1-10``); a child no generation lists (imported from elsewhere)
+    goes last in its generation."""
+    listed = [m for m in (*summary.foundation_ids(), *summary.children_in_order())
+              if m in summary.models]
+    order = list(dict.fromkeys(listed))
+    order += [m for m in summary.models if m not in set(order)]
+    rank = {m: i for i, m in enumerate(order)}
+    return sorted(order, key=lambda m: (summary.models[m].generation, rank[m]))
+
+
+def merges(summary: RunSummary) -> list[str]:
+    """The children of the pool, in the run's order."""
+    return [m for m in run_order(summary) if summary.models[m].kind == "child"]
+
+
+def parents_kinship(model: ModelEntry, metric: str) -> Optional[float]:
+    """The kinship of ``model``'s parents under ``metric`` (summaries may key it by an alias)."""
+    for key, value in (model.parents_kinship or {}).items():
+        if ALIASES.get(key, key) == metric:
+            return value
+    return None
+
+
+def kinship_gain_points(summary: RunSummary) -> tuple[str, list[tuple[str, float, float]]]:
+    """(metric, [(model id, parents' kinship, gain)]) over every merge that has both."""
+    points = []
+    for model_id in merges(summary):
+        model = summary.models[model_id]
+        kinship = parents_kinship(model, summary.metric)
+        if kinship is not None and model.gain is not None:
+            points.append((model_id, float(kinship), float(model.gain)))
+    return summary.metric, points
+
+
+def kinship_gain_statistics(summary: RunSummary) -> dict[str, Any]:
+    """Pearson (r, p) of parents' kinship against the gain (``gain``) and against |gain|
+    (``abs_gain``) over all merges, each None with fewer than 3 merges; ``n`` merges; ``metric``."""
+    metric, points = kinship_gain_points(summary)
+    kinship = [p[1] for p in points]
+    return {"metric": metric, "n": len(points),
+            "gain": pearson(kinship, [p[2] for p in points]),
+            "abs_gain": pearson(kinship, [abs(p[2]) for p in points])}
+
+
+def saturation(summary: RunSummary) -> dict[str, Any]:
+    """The top-k's mutual PCC per generation against the threshold (the recipe's, else the
+    paper's 0.9): ``history`` [(generation, value)], ``passed`` (those above), ``last``,
+    ``saturated`` (the last one is above), ``threshold`` and its ``source``."""
+    threshold, source = summary.saturation_threshold, "recipe"
+    if threshold is None:
+        threshold, source = PAPER_SATURATION, "paper's heuristic (the recipe sets none)"
+    history = [(g.index, g.top_k_mutual_pcc) for g in summary.generations]
+    passed = [(index, value) for index, value in history if value is not None and value > threshold]
+    last = history[-1][1] if history else None
+    return {"threshold": threshold, "source": source, "history": history, "passed": passed,
+            "saturated": last is not None and last > threshold, "last": last}

@@ -81,14 +81,14 @@ def render(family: "Family") -> str:
     where it comes from and how to run it."""
     path = Path(family.root) / RECIPE_NAME
     header = [
-        "# The built-in recipe with this family's paths, written by build_family. What each key",
-        f"# means: {RECIPE_FILE} (the source; edit a copy of this file,",
-        "# not that one). Run it with:",
+        "# The built-in recipe with this family's paths, written by build_family (which rewrites",
+        "# it: to change a setting, edit a copy). What each key means, in the source:",
+        f"#   {RECIPE_FILE}",
+        "# Run it:",
         f"#   mergekit-kinship plan   {path} --run-dir runs/builtin --dry-run",
         f"#   mergekit-kinship evolve {path} --run-dir runs/builtin",
     ]
-    body = yaml.safe_dump(builtin_recipe(family), sort_keys=False, default_flow_style=None,
-                          width=100)
+    body = yaml.safe_dump(builtin_recipe(family), sort_keys=False, default_flow_style=False)
     return "\n".join(header) + "\n\n" + body
 
 

@@ -26,7 +26,8 @@ What mergekit cannot tell is our policy, stated here once:
   ancestor). A method that accepts none of the layouts (``passthrough``: one input) is refused.
 - **Whether the merge samples**, so that the recipe's seed goes to mergekit (and into the
   child's identity). mergekit's specs do not say; see :data:`SAMPLING_SPARSIFICATIONS` and
-  :data:`SAMPLING_METHODS`.
+  :data:`SAMPLING_METHODS` (tests/test_recipe.py runs every method and checks them against
+  whether it drew from torch's random generator).
 
 mergekit (and torch with it) is imported inside the functions, when a recipe is validated.
 """

@@ -29,8 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 WORK = HERE / "_work" / "evolve"
@@ -40,15 +38,13 @@ START, END = "<!-- evolve-bench:start -->", "<!-- evolve-bench:end -->"
 
 def recipe_for(family, limit, strategy, max_merges):
     from mergekit_kinship.recipe import parse_recipe
+    from mergekit_kinship.zoo import builtin_recipe
 
-    data = yaml.safe_load((REPO / "recipes" / "builtin-family.yaml").read_text())
-    data["base"] = str(family.base)
-    data["models"] = [str(family.children[Path(m).name]) for m in data["models"]]
-    data["evaluation"]["include_path"] = str(family.tasks_dir)
+    data = builtin_recipe(family)
     data["evaluation"]["limit"] = limit
     data["strategy"] = strategy
     data["stopping"]["max_merges"] = max_merges
-    return parse_recipe(data, REPO, "builtin-family.yaml (bench)")
+    return parse_recipe(data, REPO, "built-in recipe (bench)")
 
 
 def main() -> None:

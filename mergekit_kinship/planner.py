@@ -2,7 +2,8 @@
 
 Pure functions over the pool: model ids, their fitness, the kinship between them and the set of
 pairs merged so far. Nothing here reads or writes files, imports torch or mergekit, or looks at
-a clock, so the whole search can be tested with a stand-in evaluator in milliseconds.
+a clock (its one import of ours, :mod:`mergekit_kinship.metrics`, is pure too), so the whole
+search can be tested with a stand-in evaluator in milliseconds.
 
 Algorithm 1 (Hu et al., arXiv 2410.12613, App. C.1), as planned here::
 
@@ -35,6 +36,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional, Sequence
 
+from mergekit_kinship.metrics import relatedness
+
 # kinship(a, b) -> value of the recipe metric; None when unknown.
 KinshipLookup = Callable[[str, str], Optional[float]]
 
@@ -59,7 +62,9 @@ class PoolState:
     generation); that order breaks ties everywhere, so the plan is deterministic.
     ``fitness``: model id -> fitness (higher is better) for every model of the pool.
     ``kinship``: lookup of the recipe metric between two pool models.
-    ``metric``: ``pcc`` or ``cs`` (similarities) or ``ed`` (a distance: larger = less related).
+    ``metric``: a name of :mod:`mergekit_kinship.metrics` (``pcc``, ``cosine``, ``euclidean`` or
+    an alias); a distance (``euclidean``: larger = less related) is turned around by
+    :func:`~mergekit_kinship.metrics.relatedness`.
     ``merged``: the parent pairs merged in earlier generations.
     """
 
@@ -79,16 +84,11 @@ def top_k(models: Sequence[str], fitness: Mapping[str, float], k: int) -> list[s
     return sorted(models, key=lambda m: (-fitness[m], order[m]))[:k]
 
 
-def relatedness(metric: str, value: float) -> float:
-    """Kinship as 'larger = more related' for every metric (ED is a distance)."""
-    return -value if metric == "ed" else value
-
-
 def exploration_partner(best: str, state: PoolState,
                         exclude: frozenset[frozenset[str]] = frozenset()) -> Optional[str]:
-    """The model of the whole pool least related to ``best`` (lowest PCC/CS, largest ED) that
-    ``best`` has not been merged with (``state.merged``) and is not paired with in ``exclude``.
-    None when every model has been merged with ``best``."""
+    """The model of the whole pool least related to ``best`` (lowest PCC or cosine, largest
+    euclidean distance) that ``best`` has not been merged with (``state.merged``) and is not
+    paired with in ``exclude``. None when every model has been merged with ``best``."""
     scored = []
     for i, m in enumerate(state.models):
         pair = frozenset((best, m))

@@ -1,98 +1,59 @@
 """The evolution recipe: what to merge, how, how to score it, and when to stop.
 
 A recipe is a YAML file validated up front by pydantic (``extra="forbid"`` everywhere), so an
-unknown key or a misspelled merge parameter is an error that names its field, even where mergekit
-itself would silently fall back to a default. Paths in a recipe are relative to the recipe file.
+unknown key or a misspelled merge parameter is a one-line error that names its field and the
+closest valid name, even where mergekit itself would silently fall back to a default. Paths in a
+recipe are relative to the recipe file. ``metric`` takes the names of
+:mod:`mergekit_kinship.metrics` (``pcc``, ``cosine``, ``euclidean``, or an alias such as the
+paper's ``cs`` / ``ed``) and keeps the canonical one.
 
-The merge methods a two-parent merge can use live in one registry (:data:`MERGE_METHODS`), each
-with the role of ``base_model`` in its mergekit YAML:
-
-- ``parent_a``: endpoint interpolation (``slerp``); parent A is the t = 0 end. The shared ancestor
-  is never put in a slerp.
-- ``ancestor``: task-vector methods (``task_arithmetic``, ``ties``, ``dare_*``, ``breadcrumbs``,
-  ``della``, ...): deltas are taken against the shared ancestor, which stays the same for the
-  whole family tree so deltas remain well defined.
-- ``none``: ``linear`` must not have a ``base_model``.
-- ``optional``: ``nuslerp`` runs on task vectors of the ancestor (``use_base: true``, the
-  default) or interpolates the two parents directly (``use_base: false``; mergekit's nuslerp then
-  wants exactly two non-base models, so parent A cannot be its base_model).
+The merge section names any mergekit method that can merge two parents; its parameters, which of
+them are required and which model is ``base_model`` come from mergekit's own method specs
+(:mod:`mergekit_kinship.merge_methods`, which states the few rules of ours).
 
 Importing this module is cheap (pydantic + yaml; the evaluation settings model comes from
-:mod:`mergekit_kinship.evaluation`); nothing here touches weights or the network.
+:mod:`mergekit_kinship.evaluation`); validating a merge section imports mergekit. Nothing here
+touches weights or the network.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import dataclass
+import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.evaluation import EvaluationSettings
+from mergekit_kinship.merge_methods import MergeMethodInfo, method_info
+from mergekit_kinship.metrics import canonical
 from mergekit_kinship.planner import STRATEGIES
 
-# ---------------------------------------------------------------------------------------------
-# Merge method registry
-# ---------------------------------------------------------------------------------------------
 
-BaseRole = Literal["parent_a", "ancestor", "none", "optional"]
+class _FieldError(ValueError):
+    """A validation error about ``path`` below the model that raises it (reported as its loc)."""
 
-
-@dataclass(frozen=True)
-class MergeMethodSpec:
-    """What a two-parent merge with one mergekit method needs.
-
-    ``shared``: parameters that apply to the whole merge (mergekit's ``parameters:``).
-    ``per_model``: parameters set per parent (mergekit's ``models[i].parameters``); mergekit also
-    accepts them under the global ``parameters:`` as a default for both parents.
-    ``random``: the method samples (DARE, DELLA), so the recipe seed is passed to mergekit.
-    """
-
-    name: str
-    base: BaseRole
-    shared: frozenset[str] = frozenset()
-    per_model: frozenset[str] = frozenset()
-    required: frozenset[str] = frozenset()
-    random: bool = False
+    def __init__(self, path: Sequence[str], message: str):
+        super().__init__(message)
+        self.path = tuple(path)
 
 
-MERGE_METHODS: dict[str, MergeMethodSpec] = {}
+def _closest(word: str, options: Sequence[str]) -> Optional[str]:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return close[0] if close else None
 
 
-def register_method(spec: MergeMethodSpec) -> MergeMethodSpec:
-    """Make a merge method available by name; a duplicate name is an error (like mergekit's)."""
-    if spec.name in MERGE_METHODS:
-        raise ValueError(f"merge method {spec.name!r} is already registered")
-    MERGE_METHODS[spec.name] = spec
-    return spec
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    """'; did you mean 'x'?' for the closest of ``options``, else the options themselves."""
+    close = _closest(word, options)
+    if close:
+        return f"; did you mean {close!r}?"
+    return f" (valid: {', '.join(sorted(options))})" if options else " (it takes none)"
 
-
-_TA_SHARED = frozenset({"int8_mask", "normalize", "rescale", "lambda"})
-_TA_MODEL = frozenset({"weight", "density"})
-_W = frozenset({"weight"})
-
-register_method(MergeMethodSpec("slerp", "parent_a", frozenset({"t"}), required=frozenset({"t"})))
-register_method(MergeMethodSpec("nuslerp", "optional",
-                                frozenset({"nuslerp_row_wise", "nuslerp_flatten"}), _W, _W))
-register_method(MergeMethodSpec("linear", "none", frozenset({"normalize"}), _W, _W))
-register_method(MergeMethodSpec("task_arithmetic", "ancestor", _TA_SHARED, _TA_MODEL, _W))
-register_method(MergeMethodSpec("ties", "ancestor", _TA_SHARED, _TA_MODEL, _W))
-register_method(MergeMethodSpec("dare_ties", "ancestor", _TA_SHARED, _TA_MODEL, _W, random=True))
-register_method(MergeMethodSpec("dare_linear", "ancestor", _TA_SHARED, _TA_MODEL, _W, random=True))
-register_method(MergeMethodSpec("breadcrumbs", "ancestor", _TA_SHARED,
-                                _TA_MODEL | {"gamma"}, _W))
-register_method(MergeMethodSpec("breadcrumbs_ties", "ancestor", _TA_SHARED,
-                                _TA_MODEL | {"gamma"}, _W))
-register_method(MergeMethodSpec("della", "ancestor", _TA_SHARED, _TA_MODEL | {"epsilon"}, _W,
-                                random=True))
-register_method(MergeMethodSpec("della_linear", "ancestor", _TA_SHARED,
-                                _TA_MODEL | {"epsilon"}, _W, random=True))
-register_method(MergeMethodSpec("sce", "ancestor", frozenset({"int8_mask", "select_topk"})))
-register_method(MergeMethodSpec("model_stock", "ancestor", frozenset({"filter_wise"})))
 
 # The paper's SLERP template (authors' notebook): t per layer, interpolated over the depth.
 PAPER_SLERP_T = [
@@ -167,14 +128,15 @@ class TokenizerSpec(BaseModel):
 
 
 class MergeTemplate(BaseModel):
-    """How every child is merged from its two parents."""
+    """How every child is merged from its two parents: any two-parent method of mergekit."""
 
     model_config = ConfigDict(extra="forbid")
     method: str = "slerp"
     dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
     parameters: dict[str, ParameterValue] = Field(default_factory=dict)
     model_parameters: dict[str, ParameterValue] = Field(default_factory=dict)
-    use_base: Optional[bool] = None  # nuslerp only: task vectors of the ancestor (default) or not
+    # Methods whose base is optional (nuslerp): task vectors of the ancestor (default) or none.
+    use_base: Optional[bool] = None
     tokenizer: Optional[TokenizerSpec] = None  # parents with different vocabularies
 
     @model_validator(mode="before")
@@ -186,38 +148,52 @@ class MergeTemplate(BaseModel):
             data = {**data, "parameters": {"t": PAPER_SLERP_T}}
         return data
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name):
+        method_info(name)  # ValueError: the closest known name, or why it cannot merge two
+        return name
+
     @model_validator(mode="after")
-    def _check_method(self):
-        spec = MERGE_METHODS.get(self.method)
-        if spec is None:
-            raise ValueError(f"unknown merge method {self.method!r} "
-                             f"(two-parent methods: {', '.join(sorted(MERGE_METHODS))})")
-        allowed = spec.shared | spec.per_model
+    def _check_parameters(self):
+        info = self.spec
         for key in self.parameters:
-            if key not in allowed:
-                raise ValueError(f"parameters.{key}: not a parameter of {self.method} "
-                                 f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
+            if key not in info.parameters:
+                raise _FieldError(("parameters", key), f"not a parameter of {self.method}"
+                                  + _did_you_mean(key, info.parameters))
         for key in self.model_parameters:
-            if key not in spec.per_model:
-                raise ValueError(f"model_parameters.{key}: not a per-model parameter of "
-                                 f"{self.method} (allowed: {', '.join(sorted(spec.per_model)) or 'none'})")
-        for key in spec.required:
+            if key not in info.per_model:
+                raise _FieldError(("model_parameters", key), f"not a per-model parameter of "
+                                  f"{self.method}" + _did_you_mean(key, info.per_model))
+        for key in sorted(info.required):
             if key not in self.parameters and key not in self.model_parameters:
-                raise ValueError(f"{self.method} needs parameter '{key}'")
-        if self.use_base is not None and spec.base != "optional":
-            raise ValueError(f"use_base: only nuslerp takes it, not {self.method}")
+                raise _FieldError(("parameters",), f"{self.method} needs parameter '{key}'")
+        if self.use_base is not None and info.base != "optional":
+            raise _FieldError(("use_base",), f"{self.method} has no optional base_model "
+                              f"(its base_model is {_ROLE_TEXT[info.base]})")
+        # mergekit binds an `input`-scoped parameter for base_model too, and the ancestor is no
+        # parent: a required one given per parent only would fail in the middle of a merge.
+        per_parent_only = sorted((info.base_takes & info.required) - set(self.parameters))
+        if self.base_role == "ancestor" and per_parent_only:
+            raise _FieldError(("model_parameters", per_parent_only[0]), f"{self.method} also "
+                              f"needs it for base_model (the ancestor): give it under parameters")
         return self
 
     @property
-    def spec(self) -> MergeMethodSpec:
-        return MERGE_METHODS[self.method]
+    def spec(self) -> MergeMethodInfo:
+        """What mergekit says the method needs (:func:`.merge_methods.method_info`)."""
+        return method_info(self.method)
 
     @property
     def base_role(self) -> Literal["parent_a", "ancestor", "none"]:
         """Which model is mergekit's ``base_model`` in a child's YAML."""
-        if self.spec.base == "optional":
+        role = self.spec.base
+        if role == "optional":
             return "ancestor" if self.use_base in (None, True) else "none"
-        return self.spec.base
+        return role
+
+
+_ROLE_TEXT = {"parent_a": "parent A", "ancestor": "the shared ancestor", "none": "none"}
 
 
 class Stopping(BaseModel):
@@ -237,7 +213,7 @@ class Recipe(BaseModel):
     models: list[ModelSpec] = Field(min_length=2)
     top_k: int = Field(3, ge=2)
     strategy: str = "kinship"
-    metric: Literal["pcc", "cs", "ed"] = "pcc"
+    metric: Literal["pcc", "cosine", "euclidean"] = "pcc"
     merge: MergeTemplate = Field(default_factory=MergeTemplate)
     evaluation: EvaluationSettings
     stopping: Stopping = Field(default_factory=Stopping)
@@ -252,6 +228,14 @@ class Recipe(BaseModel):
     @classmethod
     def _models_str(cls, v):
         return [_model_from_str(m) for m in v] if isinstance(v, list) else v
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _canonical_metric(cls, name):
+        try:
+            return canonical(name)  # cs -> cosine, ed -> euclidean: one vocabulary everywhere
+        except UserError as err:
+            raise ValueError(str(err)) from None
 
     @field_validator("strategy")
     @classmethod
@@ -286,11 +270,75 @@ def _model_from_str(value, base_dir: Path = Path(".")):
 
 
 def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "union[")))
-    msg = first["msg"].removeprefix("Value error, ")
-    extra = "" if len(err.errors()) == 1 else f" (and {len(err.errors()) - 1} more)"
-    return f"{source}: {loc or 'recipe'}: {msg}{extra}"
+    """One line for pydantic's errors: the first, or the first unknown key (a misspelled key is
+    also a missing one, e.g. evaluation.task and evaluation.tasks: the user wants the former)."""
+    errors = err.errors()
+    first = min(errors, key=lambda e: e["type"] != "extra_forbidden")
+    parts, holder = _walk_loc(first["loc"])
+    cause = (first.get("ctx") or {}).get("error")
+    parts += [str(p) for p in getattr(cause, "path", ())]
+    others = [e for e in errors if e is not first]
+    if first["type"] == "extra_forbidden" and holder is not None:
+        msg = "unknown key" + _did_you_mean(parts[-1], _keys(holder))
+        meant = (*first["loc"][:-1], _closest(parts[-1], _keys(holder)))
+        others = [e for e in others if not (e["type"] == "missing" and e["loc"] == meant)]
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(others)} more)" if others else ""
+    return f"{source}: {'.'.join(parts) or 'recipe'}: {msg}{more}"
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _walk_loc(loc) -> tuple[list[str], Optional[type[BaseModel]]]:
+    """The recipe path of a pydantic error location without pydantic's union tags ('float',
+    'list[ConditionalValue]', ...), and the model whose mapping holds the last key."""
+    ann: Any = Recipe
+    parts: list[str] = []
+    holder = None
+    for part in loc:
+        ann = _unwrap_optional(ann)
+        members = _union_members(ann)
+        if members is not None:  # a tag naming the union member that was tried
+            ann = next((m for m in members if _type_name(m) == part), None)
+            continue
+        if isinstance(part, str) and part.startswith(("function-", "union[")):
+            continue
+        parts.append(str(part))
+        origin, args = typing.get_origin(ann), typing.get_args(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            holder = ann
+            field = ann.model_fields.get(part)
+            ann = field.annotation if field is not None else None
+        elif origin is list and args:
+            ann = args[0]
+        elif origin is dict and len(args) == 2:
+            ann = args[1]
+        else:
+            ann = None
+    return parts, holder
+
+
+def _union_members(ann) -> Optional[tuple]:
+    return typing.get_args(ann) if typing.get_origin(ann) is Union else None
+
+
+def _unwrap_optional(ann):
+    members = _union_members(ann)
+    if members is not None and type(None) in members:
+        rest = tuple(m for m in members if m is not type(None))
+        return rest[0] if len(rest) == 1 else Union[rest]
+    return ann
+
+
+def _type_name(ann) -> str:
+    """pydantic's tag for a union member: 'float', 'list[float]', 'ConditionalValue'."""
+    args = typing.get_args(ann)
+    if typing.get_origin(ann) is not None and args:
+        return f"{typing.get_origin(ann).__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(ann, "__name__", str(ann))
 
 
 def parse_recipe(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
@@ -343,8 +391,19 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{path}: {yaml_error_text(err)}") from None
     return parse_recipe(data, path.parent, source=str(path))
+
+
+def yaml_error_text(err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error, with the line and column (1-based) PyYAML reports."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return f"{where}not valid YAML: {problem}"
 
 
 def missing_local_models(recipe: Recipe) -> list[str]:

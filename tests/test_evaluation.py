@@ -205,7 +205,7 @@ def test_scores_the_builtin_family_tasks(tmp_path, caplog):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mergekit_kinship.zoo.family import evaluation_settings
+    from mergekit_kinship.zoo import evaluation_settings
     from mergekit_kinship.zoo.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()

@@ -184,13 +184,11 @@ def test_real_mergekit_and_lm_eval_killed_twice_resume_exactly(tmp_path, monkeyp
                                                                single_thread):
     """The built-in family, real merges and real lm-eval scores (limit 4, 2 merges): killed
     once during a merge and once after an evaluation, resumed, equal to an uninterrupted run."""
-    from mergekit_kinship.zoo import build_family
+    from mergekit_kinship.zoo import build_family, builtin_recipe
 
     family = build_family(progress=False)
-    data = yaml.safe_load((TESTS.parent / "recipes" / "builtin-family.yaml").read_text())
-    data["base"] = str(family.base)
-    data["models"] = [str(family.children[Path(m).name]) for m in data["models"]]
-    data["evaluation"].update(include_path=str(family.tasks_dir), limit=4, batch_size=4)
+    data = builtin_recipe(family)
+    data["evaluation"].update(limit=4, batch_size=4)
     data["stopping"].update(max_merges=2, max_generations=1)
     recipe = parse_recipe(data, tmp_path, "builtin-family (fault test)")
     import lm_eval.evaluator  # noqa: F401  (imported once, before the forks)

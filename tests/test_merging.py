@@ -11,7 +11,8 @@ import yaml
 from evolution_helpers import build_tiny_family, load_tensors
 from mergekit_kinship.merging import (
     MARKER, child_config, merge_yaml, read_marker, render_yaml, validate_yaml)
-from mergekit_kinship.recipe import MERGE_METHODS, MergeTemplate
+from mergekit_kinship.merge_methods import two_parent_methods
+from mergekit_kinship.recipe import MergeTemplate
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +21,13 @@ def family(tmp_path_factory):
 
 
 def template(method, **extra):
-    spec = MERGE_METHODS[method]
-    params = {p: 0.5 for p in spec.required}
-    return MergeTemplate(method=method, dtype="float32", parameters=params, **extra)
+    """The method with its required parameters where their mergekit scope puts them: shared
+    ones under ``parameters``, per-model ones under each parent's ``parameters``."""
+    info = two_parent_methods()[method]
+    return MergeTemplate(method=method, dtype="float32",
+                         parameters={p: 0.5 for p in info.required & info.shared},
+                         model_parameters={p: 0.5 for p in info.required & info.per_model},
+                         **extra)
 
 
 def test_base_model_per_method(family):
@@ -40,7 +45,9 @@ def test_base_model_per_method(family):
     assert all(m["parameters"] == {"weight": 0.7, "density": 0.4} for m in per_model["models"])
 
 
-@pytest.mark.parametrize("method", sorted(MERGE_METHODS) + ["nuslerp-no-base"])
+# Every two-parent method mergekit has (read from its registry), and the base-less variants.
+@pytest.mark.parametrize("method", sorted(two_parent_methods()) + [
+    f"{m}-no-base" for m, info in two_parent_methods().items() if info.base == "optional"])
 def test_every_method_merges_two_parents(family, tmp_path, method):
     extra = {"use_base": False} if method == "nuslerp-no-base" else {}
     tpl = template(method.removesuffix("-no-base"), **extra)

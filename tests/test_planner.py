@@ -186,13 +186,16 @@ def test_random_is_seeded_and_sized_like_greedy_step():
     assert all(x.pair in pairs for x in a)
 
 
-def test_euclidean_partner_is_the_most_distant():
+@pytest.mark.parametrize("distance, similarity", [("euclidean", "pcc"), ("ed", "cosine"),
+                                                   ("ED", "cs")])
+def test_euclidean_partner_is_the_most_distant(distance, similarity):
+    """Every name of the one metric vocabulary (mergekit_kinship.metrics), aliases included."""
     state = PoolState(models=("a", "b", "c"), fitness={"a": 0.9, "b": 0.5, "c": 0.4},
                       kinship=lambda x, y: {"ab": 1.0, "ac": 3.0, "bc": 2.0}["".join(sorted(x + y))],
-                      metric="ed", top_k=2, generation=2)
+                      metric=distance, top_k=2, generation=2)
     assert exploration_partner("a", state) == "c"
-    pcc_state = PoolState(**{**state.__dict__, "metric": "pcc"})
-    assert exploration_partner("a", pcc_state) == "b"
+    similar_state = PoolState(**{**state.__dict__, "metric": similarity})
+    assert exploration_partner("a", similar_state) == "b"
     merged = PoolState(**{**state.__dict__, "merged": frozenset({frozenset("ac")})})
     assert exploration_partner("a", merged) == "b"  # the least related kin not merged yet
     assert exploration_partner("a", merged, frozenset({frozenset("ab")})) is None

@@ -128,7 +128,7 @@ def did_no_work(run_dir: Path) -> bool:
 # --- bad input: one line naming the field or file, before any work ----------------------------
 
 BAD_RECIPES = [
-    ("unknown_key", {"topk": 3}, "topk: Extra inputs"),
+    ("unknown_key", {"topk": 3}, "topk: unknown key; did you mean 'top_k'?"),
     ("unknown_nested_key", {"stopping__max_generation": 3}, "stopping.max_generation"),
     ("misspelled_slerp_param", {"merge__parameters": {"tt": 0.5}}, "parameters.tt: not a parameter of slerp"),
     ("misspelled_ties_param", {"merge": {"method": "ties", "parameters": {"densty": 0.5},

@@ -112,7 +112,7 @@ def _score(path: Path, task_manager) -> dict[str, float]:
             task_manager=task_manager, num_fewshot=settings["num_fewshot"], batch_size=64,
             device="cpu",
         )
-    return {t: out["results"][t][settings["metric"][t] + ",none"] for t in settings["tasks"]}
+    return {t: out["results"][t][settings["metrics"][t] + ",none"] for t in settings["tasks"]}
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +194,11 @@ def test_demo_refuses_an_out_holding_another_familys_run(family, tmp_path):
     (evolve's advice, a new --run-dir, is not a demo option), and kinship.json is left alone."""
     import yaml
 
-    from mergekit_kinship.commands.demo import _check_out_holds_this_family, demo_recipe
+    from mergekit_kinship.commands.demo import _check_out_holds_this_family
     from mergekit_kinship.recipe import parse_recipe
+    from mergekit_kinship.zoo import builtin_recipe
 
-    same = parse_recipe(demo_recipe(family), tmp_path).to_dict()
+    same = parse_recipe(builtin_recipe(family), tmp_path).to_dict()
     other = dict(same, seed=same["seed"] + 1)  # any search field of another family's run
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "recipe.yaml").write_text(yaml.safe_dump(same))
@@ -209,3 +210,24 @@ def test_demo_refuses_an_out_holding_another_familys_run(family, tmp_path):
     assert f"Error: --out {tmp_path}: holds the demo run of another family" in result.output
     assert "--run-dir" not in result.output
     assert (tmp_path / "kinship.json").read_text() == "earlier"
+
+
+def test_build_family_writes_the_builtin_recipe_ready_for_plan(family, tmp_path):
+    """build_family leaves the built-in recipe, with the family's paths, in the family folder;
+    `plan --dry-run` takes it as it is, through the CLI."""
+    import yaml
+
+    from mergekit_kinship.zoo import builtin_recipe
+
+    path = family.root / "recipe.yaml"
+    assert yaml.safe_load(path.read_text()) == builtin_recipe(family)
+    result = CliRunner().invoke(main, ["plan", str(path), "--run-dir", str(tmp_path / "run"),
+                                       "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert f"recipe OK: {path}" in result.output
+    for name, folder in family.models.items():  # every child and the grandchild, all built
+        assert f"foundation: {name} = {folder}" in result.output
+    assert "generation 1 merges 10 pairs" in result.output
+    assert "not built yet" not in result.output
+    assert "saturation pcc > 0.95" in result.output
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing

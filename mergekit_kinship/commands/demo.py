@@ -4,6 +4,11 @@
 2. print the kinship matrix (PCC of weight deltas) of every fine-tune of the base;
 3. run a kinship-guided evolution on the family and write its report (:func:`run_evolution`).
 
+The evolution's recipe is the built-in one (``mergekit_kinship/zoo/builtin-family.yaml``) with
+the family's paths put in by :func:`mergekit_kinship.zoo.builtin_recipe`, the same recipe that
+``build_family`` writes into the family folder for ``plan`` and ``evolve``; the demo overrides
+nothing else.
+
 Only click and the standard library are imported here; the engines load when the command runs.
 """
 
@@ -16,34 +21,6 @@ import time
 from pathlib import Path
 
 import click
-
-
-def demo_recipe(family) -> dict:
-    """The demo's recipe: the paper's set-up (k = 3, kinship strategy, SLERP template) on the family.
-
-    Built here rather than read from ``recipes/builtin-family.yaml``, which is not installed with
-    the package; that file is the editable version (it stops at saturation 0.99, the demo at 0.95).
-    """
-    settings = family.evaluation_settings()
-    return {
-        "base": str(family.base),
-        "models": [str(p) for p in family.models.values()],
-        "top_k": 3,
-        "strategy": "kinship",
-        "metric": "pcc",
-        "merge": {"method": "slerp", "dtype": "float32"},
-        "evaluation": {
-            "include_path": str(settings["include_path"]),
-            "tasks": list(settings["tasks"]),
-            "num_fewshot": settings.get("num_fewshot", 0),
-            "batch_size": 32,
-            "model_args": {"dtype": "float32"},
-        },
-        # The paper's saturation heuristic (§4.4): once the top-k are near copies of each other
-        # (mutual PCC > 0.95) further merges only reshuffle them, so stop there.
-        "stopping": {"max_generations": 8, "saturation": 0.95},
-        "seed": 0,
-    }
 
 
 @contextlib.contextmanager
@@ -76,9 +53,10 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.report import write_report
     from mergekit_kinship.tables import print_table
+    from mergekit_kinship.zoo import builtin_recipe
     from mergekit_kinship.zoo.train import single_threaded
 
-    recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
+    recipe = parse_recipe(builtin_recipe(family), out_dir, source="built-in recipe")
     run_dir = out_dir / "run"
     # Tiny models: torch's thread pool costs more than it saves (5-10x slower on busy cores).
     with single_threaded(), (contextlib.nullcontext() if progress else _no_progress_bars()):
@@ -106,8 +84,9 @@ def _check_out_holds_this_family(family, out_dir: Path) -> None:
     from mergekit_kinship.preflight import check_run_dir_compatible
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.rundir import RunDir
+    from mergekit_kinship.zoo import builtin_recipe
 
-    recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
+    recipe = parse_recipe(builtin_recipe(family), out_dir, source="built-in recipe")
     try:
         check_run_dir_compatible(RunDir(out_dir / "run"), recipe)
     except UserError:

@@ -3,6 +3,7 @@
 Layout of a family folder::
 
     <root>/manifest.json        builder config, its hash, every model's parent and skills
+    <root>/recipe.yaml          the built-in recipe with this family's paths (plan / evolve it)
     <root>/base/                save_pretrained folders (config.json, model.safetensors,
     <root>/reverse/ ...          tokenizer files): transformers, mergekit and lm-eval load them
 
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mergekit_kinship.errors import UserError
+from mergekit_kinship.zoo.builtin_recipe import write_recipe
 from mergekit_kinship.zoo.skills import SKILLS
 
 # Bump when the build changes in a way the code fingerprint below cannot see (e.g. a dependency).
@@ -133,10 +135,6 @@ class Family:
     def models(self) -> dict[str, Path]:
         return {**self.children, **self.grandchildren}
 
-    def evaluation_settings(self) -> dict:
-        """What an lm-eval run on this family needs (see :func:`evaluation_settings`)."""
-        return evaluation_settings()
-
     @classmethod
     def load(cls, root: Path) -> "Family":
         """Open a finished family folder (raises :class:`UserError` if it is not one)."""
@@ -161,25 +159,6 @@ class Family:
             task_names=[task_name(s) for s in manifest["skills"]],
             config_hash=manifest["config_hash"],
         )
-
-
-def evaluation_settings() -> dict:
-    """lm-eval settings for scoring any model of the family (or a merge of its members).
-
-    Returns ``{"include_path": str, "tasks": [task names], "metric": {task: "acc"},
-    "num_fewshot": 0, "fitness": "mean"}``: pass ``include_path`` to
-    ``lm_eval.tasks.TaskManager`` (``include_defaults=False`` skips indexing lm-eval's thousands
-    of built-in tasks, which costs seconds), score zero-shot, and take the unweighted mean of
-    ``metric`` over ``tasks`` as the fitness.
-    """
-    tasks = [task_name(s) for s in SKILLS]
-    return {
-        "include_path": str(TASKS_DIR),
-        "tasks": tasks,
-        "metric": {t: "acc" for t in tasks},
-        "num_fewshot": 0,
-        "fitness": "mean",
-    }
 
 
 def _matches(root: Path, config_hash: str) -> bool:
@@ -209,6 +188,8 @@ def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
 
     Reuses ``out_dir`` if it holds a finished family of the same config hash. A folder holding a
     family of another config is replaced; any other non-empty folder is refused (UserError).
+    Either way the built-in recipe is written into the family as ``recipe.yaml``
+    (:mod:`mergekit_kinship.zoo.builtin_recipe`; not for a family lacking a member it names).
     ``config`` overrides the recipe (tests build a reduced family with it); ``seed`` is ignored
     when ``config`` is given. Progress (one tqdm bar over all training steps) goes to stderr.
     Takes about a minute on 2 CPU cores and ~10 MB of disk.
@@ -218,7 +199,7 @@ def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
     root = Path(out_dir) if out_dir is not None else default_cache_dir() / f"family-{config_hash}"
     root = root.expanduser().resolve()
     if _matches(root, config_hash):
-        return Family.load(root)
+        return _opened(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: exists and is not a folder")
     try:
@@ -228,7 +209,7 @@ def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
                         f"choose another (--family-dir or $MERGEKIT_KINSHIP_CACHE)") from None
     with _lock(root.parent / f".{root.name}.lock"):
         if _matches(root, config_hash):  # another process finished it while we waited
-            return Family.load(root)
+            return _opened(root)
         if root.exists() and any(root.iterdir()) and not (root / MANIFEST).exists():
             raise UserError(f"{root}: folder is not empty and holds no family; choose another")
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
@@ -239,7 +220,15 @@ def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
             os.replace(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return Family.load(root)
+    return _opened(root)
+
+
+def _opened(root: Path) -> Family:
+    """The finished family at ``root``, with the built-in recipe written (or refreshed) into it
+    as recipe.yaml, ready for ``plan`` / ``evolve``."""
+    family = Family.load(root)
+    write_recipe(family)
+    return family
 
 
 def _build_into(folder: Path, config: FamilyConfig, config_hash: str, progress: bool) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,24 +47,33 @@ def demo_recipe(family) -> dict:
     }
 
 
+# Each library's documented switch for its progress bars, read when the library is imported.
+_QUIET_ENVIRONMENT = {
+    # The default of every tqdm bar's disable= (tqdm >= 4.66). lm-eval's request bars, which pass
+    # disable=False themselves, follow it too (mergekit_kinship.evaluation.runner).
+    "TQDM_DISABLE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars follow huggingface_hub's switch
+}
+
+
 @contextlib.contextmanager
 def _no_progress_bars():
-    """No tqdm bar at all, for ``--quiet``: lm-eval and datasets draw their own (per task, per
-    request batch) and pass ``disable=`` themselves, so only forcing it here silences them."""
-    from tqdm import std
-
-    init = std.tqdm.__init__
-
-    def quiet_init(self, *args, **kwargs):
-        if len(args) <= 9:  # disable not given positionally (it is the 11th parameter)
-            kwargs["disable"] = True
-        init(self, *args, **kwargs)
-
-    std.tqdm.__init__ = quiet_init
+    """No progress bar at all, for ``--quiet``: each library's own process-level switch, set
+    before the CLI imports any of them (the command group imports none) and restored on exit.
+    Our own bars are off through ``progress=False``. No function of another library is replaced.
+    In a process that imported tqdm earlier (a test's CliRunner) tqdm keeps the default it read
+    then; the ``mergekit-kinship`` command is always a fresh process."""
+    saved = {name: os.environ.get(name) for name in _QUIET_ENVIRONMENT}
+    os.environ.update(_QUIET_ENVIRONMENT)
     try:
         yield
     finally:
-        std.tqdm.__init__ = init
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dict:
@@ -81,7 +91,7 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     recipe = parse_recipe(demo_recipe(family), out_dir, source="demo recipe")
     run_dir = out_dir / "run"
     # Tiny models: torch's thread pool costs more than it saves (5-10x slower on busy cores).
-    with single_threaded(), (contextlib.nullcontext() if progress else _no_progress_bars()):
+    with single_threaded():
         summary = evolve(recipe, run_dir, keep="survivors", progress=progress,
                          on_generation=lambda s, r: print_table(s, r, table_stream))
     report = write_report(run_dir)
@@ -146,6 +156,9 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
     grandchild; each skill is a local lm-eval multiple-choice task. Everything runs offline on CPU.
     """
     from mergekit_kinship.errors import UserError
+
+    if quiet:  # first: the libraries read their switches when imported
+        click.get_current_context().with_resource(_no_progress_bars())
 
     def step(text: str) -> None:
         if not quiet:

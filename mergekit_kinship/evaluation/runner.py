@@ -90,7 +90,7 @@ def _quiet_libraries():
             hf_logging.enable_progress_bar()
 
 
-def bars_off_by_default() -> bool:
+def _bars_off_by_default() -> bool:
     """tqdm's own default for ``disable=`` in this process: True under ``TQDM_DISABLE`` (tqdm
     reads its ``TQDM_*`` environment variables into its parameters' defaults when imported)."""
     from tqdm import tqdm
@@ -160,7 +160,7 @@ def run_lm_eval(settings: EvaluationSettings, model_args: dict, device: str | No
                 task.set_config(key="num_fewshot", value=0)
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
         return lm_eval.evaluate(
-            lm=_WithoutRequestBars(lm) if bars_off_by_default() else lm,
+            lm=_WithoutRequestBars(lm) if _bars_off_by_default() else lm,
             task_dict=loaded,
             limit=settings.limit,
             bootstrap_iters=_BOOTSTRAP_ITERS,

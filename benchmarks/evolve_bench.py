@@ -57,7 +57,7 @@ def main() -> None:
 
     import torch
 
-    from mergekit_kinship.evaluation import validate_evaluation
+    from mergekit_kinship.evaluation.tasks import validate_evaluation
     from mergekit_kinship.evolution import evolve
     from mergekit_kinship.pool import default_kinship
     from mergekit_kinship.merging import merge_yaml

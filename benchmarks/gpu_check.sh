@@ -32,7 +32,8 @@ import yaml
 
 backend, work = sys.argv[1], Path(sys.argv[2]).resolve()
 from mergekit_kinship.evolution import evolve
-from mergekit_kinship.evaluation import resolve_device, validate_evaluation
+from mergekit_kinship.evaluation.runner import resolve_device
+from mergekit_kinship.evaluation.tasks import validate_evaluation
 from mergekit_kinship.recipe import parse_recipe
 from mergekit_kinship.zoo import build_family
 

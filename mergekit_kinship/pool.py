@@ -68,7 +68,7 @@ class Pool:
 
     def __init__(self, recipe: Recipe, rd: RunDir, *, evaluator: Optional[str] = None,
                  kinship_fn: Optional[KinshipFn] = None, progress: bool = True):
-        from mergekit_kinship.evaluation import evaluation_fingerprint
+        from mergekit_kinship.evaluation.settings import evaluation_fingerprint
 
         self.recipe = recipe
         self.rd = rd
@@ -136,7 +136,6 @@ class Pool:
     def merge_and_score(self, ids: Sequence[str], executor) -> None:
         """Merge (children) and score every model of ``ids`` through the executor; a child whose
         evaluation failed for good leaves the pool (kept in :attr:`failed`)."""
-        from mergekit_kinship.evaluation import fitness
         from mergekit_kinship.materialize import job_for, weights_of
 
         for i in ids:  # a child still to merge needs its parents' folders (pruned: merged again)
@@ -161,7 +160,7 @@ class Pool:
 
     def set_scores(self, m: PoolModel, scores: dict[str, float],
                    stderr: Optional[dict[str, float]] = None) -> None:
-        from mergekit_kinship.evaluation import fitness
+        from mergekit_kinship.evaluation.scores import fitness
 
         m.scores, m.stderr = dict(scores), dict(stderr or {})
         m.fitness = fitness(m.scores, self.recipe.evaluation)

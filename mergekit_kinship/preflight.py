@@ -41,7 +41,7 @@ def preflight(recipe: Recipe, *, run_dir: str | Path | None = None,
     check_foundation_models(recipe)
     check_merge_template(recipe)
     if lm_eval_tasks:
-        from mergekit_kinship.evaluation import validate_evaluation
+        from mergekit_kinship.evaluation.tasks import validate_evaluation
 
         validate_evaluation(recipe.evaluation)
     if run_dir is not None:

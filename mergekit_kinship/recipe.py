@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergekit_kinship.errors import UserError
-from mergekit_kinship.evaluation import EvaluationSettings
+from mergekit_kinship.evaluation.settings import EvaluationSettings
 from mergekit_kinship.merge_methods import MergeMethodInfo, method_info
 from mergekit_kinship.metrics import canonical
 from mergekit_kinship.planner import STRATEGIES

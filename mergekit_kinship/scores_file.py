@@ -8,7 +8,6 @@ an evaluation ``evolve`` ran itself, so the pool is rebuilt the same way from ei
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,7 +48,7 @@ def _children(pool: "Pool") -> dict[str, str]:
 def import_scores(pool: "Pool", scores_file: Path) -> None:
     """Record the file's scores (and children's folders) in the run directory; UserError (one
     line naming the entry) for anything malformed, before anything is recorded."""
-    from mergekit_kinship.evaluation import fitness
+    from mergekit_kinship.evaluation.scores import check_scores, fitness
 
     try:
         data = yaml.safe_load(Path(scores_file).read_text())
@@ -70,7 +69,8 @@ def import_scores(pool: "Pool", scores_file: Path) -> None:
         missing = [t for t in tasks if t not in entry["scores"]]
         if missing:
             raise UserError(f"{where}.scores: no score for {', '.join(missing)}")
-        scores = {t: _finite(entry["scores"][t], f"{where}.scores.{t}") for t in tasks}
+        scores = check_scores({t: entry["scores"][t] for t in tasks}, pool.recipe.evaluation,
+                              f"{where}.scores")
         if str(name) in foundation:
             model_id, identity, path = foundation[str(name)].id, foundation[str(name)].identity, None
         else:
@@ -95,12 +95,3 @@ def import_scores(pool: "Pool", scores_file: Path) -> None:
                        "seconds": 0.0}})
         pool.rd.append({"event": "scores-imported", "model": model_id, "score_key": key})
 
-
-def _finite(value, where: str) -> float:
-    try:  # bool is an int to Python; NaN would break every fitness comparison
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise UserError(f"{where}: a finite number, not {value!r}")
-    return number

@@ -77,7 +77,7 @@ def stand_in_evaluate(model_path, settings):
     """EvaluationResult from the weights alone (deterministic, ~10 ms). See module docstring."""
     from safetensors.torch import load_file
 
-    from mergekit_kinship.evaluation import EvaluationResult, fitness
+    from mergekit_kinship.evaluation.scores import EvaluationResult, fitness
 
     started = time.perf_counter()
     family = Path(os.environ["EVOLVE_TEST_SKILLS"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -323,11 +324,16 @@ def test_plan_with_imported_scores(tiny, clean, tmp_path):
     bad.write_text(yaml.safe_dump({"models": {"child0": {"scores": {"skill0": 0.5}}}}))
     with pytest.raises(UserError, match="no score for skill1"):
         plan_next(recipe, run_dir, scores_file=bad, progress=False)
-    for value in (None, "high", float("nan"), True):
+    for value, why in ((None, "is not a number"), ("high", "is not a number"),
+                       (float("nan"), "is not a finite number"), (True, "is not a number"),
+                       (1.7, "is outside [0, 1], the range of acc"),
+                       (-0.1, "is outside [0, 1], the range of acc")):
         bad.write_text(yaml.safe_dump({"models": {"child0": {"scores": {
             "skill0": 0.5, "skill1": value, "skill2": 0.5}}}}))
-        with pytest.raises(UserError, match="scores.skill1: a finite number"):
+        with pytest.raises(UserError, match=re.escape("models.child0.scores.skill1: ") + ".*"
+                           + re.escape(why)) as err:
             plan_next(recipe, run_dir, scores_file=bad, progress=False)
+        assert str(err.value).startswith(str(bad))
 
 
 def test_compare_at_equal_merges(tiny, clean, tmp_path):
@@ -451,7 +457,7 @@ def test_an_evaluator_that_cannot_be_imported_is_one_line(tiny, tmp_path):
 def test_scores_of_another_evaluator_are_kept_apart(tiny, clean, tmp_path):
     """The evaluator is part of what a score means: a run scored by the stand-in and the same
     run scored by lm-eval never share a score file."""
-    from mergekit_kinship.evaluation import evaluation_fingerprint
+    from mergekit_kinship.evaluation.settings import evaluation_fingerprint
     from mergekit_kinship.identity import content_hash
 
     run_dir, s = clean

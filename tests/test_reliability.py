@@ -45,6 +45,14 @@ def flaky_evaluate(model_path, settings):
     return stand_in_evaluate(model_path, settings)
 
 
+def percent_evaluate(model_path, settings):
+    """The stand-in evaluator, reporting skill1 of every child as a percentage (a bug)."""
+    result = stand_in_evaluate(model_path, settings)
+    if Path(model_path).parent.name == "models":
+        result.scores["skill1"] *= 100
+    return result
+
+
 RECIPE = {
     "base": "./fam/base", "models": ["./fam/child0", "./fam/child1", "./fam/child2"],
     "top_k": 3, "merge": {"method": "slerp", "dtype": "float32"},
@@ -324,6 +332,15 @@ def test_foundation_model_evaluation_error_stops_the_run(fam, tmp_path, monkeypa
     recipe = write_recipe(tmp_path, "foundation", evaluation__on_error="skip")
     line = error_line(evolve_cli(recipe, tmp_path / "run", evaluator=FLAKY))
     assert "evaluation of child1 failed" in line and "a foundation model" in line
+
+
+def test_an_evaluator_returning_bad_scores_is_refused_like_a_failed_evaluation(fam, tmp_path):
+    """issue 14: what an evaluator returns passes the same check as a scores file."""
+    recipe = write_recipe(tmp_path, "percent", evaluation__on_error="stop")
+    line = error_line(evolve_cli(recipe, tmp_path / "run", evaluator="test_reliability:percent_evaluate"))
+    assert "skill1:" in line and "is outside [0, 1], the range of acc" in line
+    assert "a percentage where a fraction belongs?" in line
+    assert not list((tmp_path / "run" / "scores").glob("*.json"))[3:]  # only the foundation models
 
 
 def full_disk_merge(real_run_merge):

@@ -8,6 +8,9 @@ torch, mergekit or lm-eval.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import click
 
 from mergekit_kinship.executors import EXECUTORS
@@ -77,3 +80,32 @@ def check_evaluator(reference: str | None) -> None:
         from mergekit_kinship.executors.job import resolve_evaluator
 
         resolve_evaluator(reference)
+
+
+# Each library's documented switch for its progress bars, read when the library is imported.
+_QUIET_ENVIRONMENT = {
+    # The default of every tqdm bar's disable= (tqdm >= 4.66). lm-eval's request bars, which pass
+    # disable=False themselves, follow it too (mergekit_kinship.evaluation.runner).
+    "TQDM_DISABLE": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' bars follow huggingface_hub's switch
+}
+
+
+@contextlib.contextmanager
+def no_progress_bars():
+    """No progress bar at all, for ``--quiet``: each library's own process-level switch, set
+    before the CLI imports any of them (the command group imports none) and restored on exit.
+    Our own bars are off through ``progress=False``. No function of another library is replaced.
+    In a process that imported tqdm earlier (a test's CliRunner) tqdm keeps the default it read
+    then; the ``mergekit-kinship`` command is always a fresh process."""
+    saved = {name: os.environ.get(name) for name in _QUIET_ENVIRONMENT}
+    os.environ.update(_QUIET_ENVIRONMENT)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from mergekit_kinship.commands.common import evaluator_option, keep_option, quiet_option
+from mergekit_kinship.commands.common import (
+    evaluator_option, keep_option, no_progress_bars, quiet_option)
 
 
 @click.command("compare")
@@ -34,6 +35,8 @@ def compare_cmd(sources, run_dir, strategies, merges, keep, evaluator, quiet, as
       mergekit-kinship compare recipe.yaml --run-dir runs/cmp --merges 12
       mergekit-kinship compare runs/kinship runs/greedy
     """
+    if quiet:  # before any engine (and its progress-bar library) is imported
+        click.get_current_context().with_resource(no_progress_bars())
     import os
 
     from mergekit_kinship.comparison import (

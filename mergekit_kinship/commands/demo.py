@@ -14,7 +14,6 @@ Only click and the standard library are imported here; the engines load when the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -22,25 +21,7 @@ from pathlib import Path
 
 import click
 
-
-@contextlib.contextmanager
-def _no_progress_bars():
-    """No tqdm bar at all, for ``--quiet``: lm-eval and datasets draw their own (per task, per
-    request batch) and pass ``disable=`` themselves, so only forcing it here silences them."""
-    from tqdm import std
-
-    init = std.tqdm.__init__
-
-    def quiet_init(self, *args, **kwargs):
-        if len(args) <= 9:  # disable not given positionally (it is the 11th parameter)
-            kwargs["disable"] = True
-        init(self, *args, **kwargs)
-
-    std.tqdm.__init__ = quiet_init
-    try:
-        yield
-    finally:
-        std.tqdm.__init__ = init
+from mergekit_kinship.commands.common import no_progress_bars
 
 
 def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dict:
@@ -59,7 +40,7 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     recipe = parse_recipe(builtin_recipe(family), out_dir, source="built-in recipe")
     run_dir = out_dir / "run"
     # Tiny models: torch's thread pool costs more than it saves (5-10x slower on busy cores).
-    with single_threaded(), (contextlib.nullcontext() if progress else _no_progress_bars()):
+    with single_threaded():
         summary = evolve(recipe, run_dir, keep="survivors", progress=progress,
                          on_generation=lambda s, r: print_table(s, r, table_stream))
     report = write_report(run_dir)
@@ -124,6 +105,9 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
     grandchild; each skill is a local lm-eval multiple-choice task. Everything runs offline on CPU.
     """
     from mergekit_kinship.errors import UserError
+
+    if quiet:  # first: the libraries read their switches when imported
+        click.get_current_context().with_resource(no_progress_bars())
 
     def step(text: str) -> None:
         if not quiet:

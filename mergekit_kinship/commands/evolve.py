@@ -8,7 +8,8 @@ import sys
 import click
 
 from mergekit_kinship.commands.common import (
-    evaluator_option, executor_option, keep_option, quiet_option, strategy_option)
+    evaluator_option, executor_option, keep_option, no_progress_bars, quiet_option,
+    strategy_option)
 
 
 @click.command("evolve")
@@ -44,6 +45,8 @@ def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, exe
       mergekit-kinship evolve recipe.yaml --run-dir runs/kinship
       mergekit-kinship evolve recipe.yaml --run-dir runs/greedy --strategy greedy --keep best
     """
+    if quiet:  # before any engine (and its progress-bar library) is imported
+        click.get_current_context().with_resource(no_progress_bars())
     from mergekit_kinship.commands.common import check_evaluator, prepare
     from mergekit_kinship.errors import UserError
     from mergekit_kinship.evolution import evolve

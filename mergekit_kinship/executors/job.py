@@ -97,7 +97,7 @@ def resolve_evaluator(reference: Optional[str] = None):
     function ``(model_path, EvaluationSettings) -> EvaluationResult``, e.g. a stand-in in tests
     or a user's own scorer given with ``evolve --evaluator``)."""
     if reference is None:
-        from mergekit_kinship.evaluation import evaluate
+        from mergekit_kinship.evaluation.runner import evaluate
 
         return evaluate
     from mergekit_kinship.errors import UserError
@@ -117,7 +117,7 @@ def resolve_evaluator(reference: Optional[str] = None):
 
 def run_child_job(job: ChildJob) -> JobResult:
     """Merge (if needed) and score (if needed) one model; results land in the run directory."""
-    from mergekit_kinship.evaluation import EvaluationSettings
+    from mergekit_kinship.evaluation.settings import EvaluationSettings
 
     run = RunDir(job.run_dir)
     record = run.read_score(job.score_key)
@@ -170,7 +170,13 @@ def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
     for attempt in range(1, tries + 1):
         run.append({"event": "eval-start", "model": job.model_id, "score_key": job.score_key})
         try:
-            return resolve_evaluator(job.evaluator)(job.model_path, settings)
+            result = resolve_evaluator(job.evaluator)(job.model_path, settings)
+            if job.evaluator is not None:  # lm-eval's scores are checked by evaluate() itself
+                from mergekit_kinship.evaluation.scores import check_scores
+
+                result.scores = check_scores(result.scores, settings,
+                                             f"--evaluator {job.evaluator} on {job.model_id}")
+            return result
         except Exception as err:  # lm-eval, CUDA, a broken child: recorded, then policy
             first = (str(err).strip().splitlines() or [""])[0][:300]
             error = f"{type(err).__name__}: {first}" if first else type(err).__name__

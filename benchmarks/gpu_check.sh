@@ -35,13 +35,10 @@ from mergekit_kinship.evolution import evolve
 from mergekit_kinship.evaluation.runner import resolve_device
 from mergekit_kinship.evaluation.tasks import validate_evaluation
 from mergekit_kinship.recipe import parse_recipe
-from mergekit_kinship.zoo import build_family
+from mergekit_kinship.zoo import build_family, builtin_recipe
 
 family = build_family(work / "family", progress=False)
-data = yaml.safe_load(Path("recipes/builtin-family.yaml").read_text())
-data["base"] = str(family.base)
-data["models"] = [str(family.children[Path(m).name]) for m in data["models"]]
-data["evaluation"]["include_path"] = str(family.tasks_dir)
+data = builtin_recipe(family)  # the demo's recipe, with this family's paths
 data["evaluation"]["backend"] = backend
 data["evaluation"]["device"] = "cuda"
 if backend == "vllm":

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergekit_kinship.errors import UserError
+from mergekit_kinship.hub import is_hub_id, split_revision
 from mergekit_kinship.evaluation.settings import EvaluationSettings
 from mergekit_kinship.merge_methods import MergeMethodInfo, method_info
 from mergekit_kinship.metrics import canonical
@@ -80,7 +81,6 @@ class ConditionalValue(BaseModel):
 
 ParameterValue = Union[ScalarOrGradient, list[ConditionalValue], ConditionalValue]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelSpec(BaseModel):
@@ -96,8 +96,14 @@ class ModelSpec(BaseModel):
     def _one_source(self):
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of 'path' or 'hub'")
-        if self.hub is not None and not _HUB_ID.match(self.hub):
+        if self.hub is not None and not is_hub_id(self.hub, org_required=True):
             raise ValueError(f"hub id {self.hub!r} is not of the form org/name")
+        if self.hub is not None and "@" in self.hub:
+            repo, revision = split_revision(self.hub)
+            if self.revision is not None and revision != self.revision:
+                raise ValueError(f"hub {self.hub!r} names revision {revision!r}, "
+                                 f"revision says {self.revision!r}")
+            self.hub, self.revision = repo, revision
         return self
 
     @property
@@ -264,9 +270,12 @@ def _model_from_str(value, base_dir: Path = Path(".")):
     """A bare string is a hub id when it looks like ``org/name`` and is no local folder."""
     if not isinstance(value, str):
         return value
-    local = (value.startswith(("/", "./", "../", "~")) or not _HUB_ID.match(value)
+    local = (value.startswith(("/", "./", "../", "~")) or not is_hub_id(value, org_required=True)
              or (base_dir / value).exists())
-    return {"path": value} if local else {"hub": value}
+    if local:
+        return {"path": value}
+    repo, revision = split_revision(value)  # org/name@revision
+    return {"hub": repo, **({"revision": revision} if revision else {})}
 
 
 def _format_error(source: str, err: ValidationError) -> str:

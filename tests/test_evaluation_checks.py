@@ -55,7 +55,7 @@ def family_shaped_model(tmp_path_factory):
 
 
 def family_settings(**overrides) -> EvaluationSettings:
-    from mergekit_kinship.zoo.family import evaluation_settings
+    from mergekit_kinship.zoo import evaluation_settings
 
     zoo = evaluation_settings()
     return EvaluationSettings(**{"tasks": zoo["tasks"], "include_path": zoo["include_path"],

@@ -140,7 +140,8 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
 
     step("[3/3] evolution")
     if not as_json:  # the matrix comes first on stdout, then a table per generation
-        click.echo(f"Family {family.config_hash} at {family.root}")
+        click.echo(f"Family {family.config_hash} at {family.root} "
+                   f"(its recipe for plan and evolve: {family.root / 'recipe.yaml'})")
         click.echo("Kinship (PCC of deltas from base):")
         click.echo(_matrix_table(names, pcc, family.parent) + "\n")
     evolution = run_evolution(family, out_dir, progress=not quiet,

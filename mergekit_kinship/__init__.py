@@ -17,6 +17,10 @@ _LAZY = {
     "KinshipResult": "mergekit_kinship.streaming_kinship",
     "KinshipMatrix": "mergekit_kinship.streaming_kinship",
     "UserError": "mergekit_kinship.errors",
+    # for a scorer of one's own (evolve --evaluator MODULE:FUNCTION)
+    "EvaluationResult": "mergekit_kinship.evaluation.scores",
+    "EvaluationSettings": "mergekit_kinship.evaluation.settings",
+    "fitness": "mergekit_kinship.evaluation.scores",
     "build_family": "mergekit_kinship.zoo",
 }
 

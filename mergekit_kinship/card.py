@@ -108,6 +108,22 @@ def _scores_table(summary: RunSummary, model_id: str) -> str:
     return "\n".join(rows)
 
 
+def _references_table(summary: RunSummary, model_id: str) -> str | None:
+    """This model's fitness against the run's references (the base model, one-shot baselines),
+    scored with the same evaluation; None when the run scored none."""
+    refs = [m for m in summary.references.values() if m.fitness is not None]
+    if not refs:
+        return None
+    model = summary.models[model_id]
+    rows = [_row(["reference", "what it is", "fitness", f"{model.name} minus it"]), "|---|---|---|---|"]
+    for ref in refs:
+        what = ("the shared base model itself" if ref.kind == "base" else
+                f"one `{ref.method}` merge of all {len(ref.parents)} foundation models, no search")
+        diff = model.fitness - ref.fitness if model.fitness is not None else None
+        rows.append(_row([ref.name, what, number(ref.fitness), number(diff, signed=True)]))
+    return "\n".join(rows)
+
+
 def _merges_table(summary: RunSummary, members: list[str]) -> str:
     models = summary.models
     rows = [_row(["model", "generation", "method", "parents", "parents' kinship", "fitness",
@@ -191,6 +207,12 @@ def card_body(summary: RunSummary, model_id: str) -> str:
         intro += "It is a foundation model of the run (not a merge)."
     if summary.best == model_id:
         intro += " It is the best model of the run."
+    base = summary.base_reference()
+    if base is not None and model.fitness is not None and model.kind == "child":
+        diff = model.fitness - base.fitness
+        intro += (f" It {'beats' if diff > 0 else 'does not beat'} the base model itself "
+                  f"({number(model.fitness)} against {number(base.fitness)}, "
+                  f"{number(diff, signed=True)}).")
     # Say what the metadata holds, never point at a field it lacks.
     if hub_ancestors(summary, model_id):
         models_intro = ("Local intermediate models are not on the Hub, so `base_model` above lists "
@@ -203,6 +225,9 @@ def card_body(summary: RunSummary, model_id: str) -> str:
         intro,
         "## Scores against its parents",
         _scores_table(summary, model_id),
+        *(["## Against the references", "Scored with the same evaluation as every merge of the "
+           "run, outside its search.", table]
+          if (table := _references_table(summary, model_id)) else []),
         _evaluation_text(summary),
         "## Lineage",
         "The child at the top, each model's parents below it, down to the foundation models "

@@ -23,6 +23,7 @@ from mergekit_kinship.errors import UserError
 from mergekit_kinship.pool import KinshipFn, Pool
 from mergekit_kinship.preflight import check_run_dir_compatible, preflight
 from mergekit_kinship.recipe import Recipe
+from mergekit_kinship.references import add_references, score_references
 from mergekit_kinship.rundir import KEEP_CHOICES, RunDir
 from mergekit_kinship.summary import GenerationRecord, RunSummary, write_summary
 
@@ -30,8 +31,9 @@ OnGeneration = Callable[[RunSummary, GenerationRecord], None]
 
 
 def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: Any = "local",
-           evaluator: Optional[str] = None, kinship_fn: Optional[KinshipFn] = None,
-           progress: bool = True, on_generation: Optional[OnGeneration] = None) -> RunSummary:
+           evaluator: Optional[str] = None, baselines: bool = False,
+           kinship_fn: Optional[KinshipFn] = None, progress: bool = True,
+           on_generation: Optional[OnGeneration] = None) -> RunSummary:
     """Run Algorithm 1 to its stopping rule in ``run_dir``; returns the run summary.
 
     Safe to interrupt at any moment and to call again on the same directory: finished merges
@@ -42,6 +44,8 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
     registered name or an executor object (e.g. a configured Ray executor; its caller closes
     it). ``evaluator`` is ``"module:function"`` scoring a model folder instead of lm-eval (see
     :func:`mergekit_kinship.executors.job.resolve_evaluator`); its scores are kept apart.
+    References, outside the pool (:mod:`~mergekit_kinship.references`): the base model is scored
+    when the recipe says so; ``baselines`` also merges and scores the one-shot baselines.
     """
     from mergekit_kinship.executors import get_executor
 
@@ -54,6 +58,7 @@ def evolve(recipe: Recipe, run_dir: str | Path, *, keep: str = "all", executor: 
         foundation = pool.add_foundation()
         pool.merge_and_score(foundation, work)
         pool.relate(foundation)
+        score_references(pool, add_references(pool, baselines=baselines), work)  # not in the pool
         top = pool.top_k()
         for generation in itertools.count(1):
             # Plan: G1 = every foundation pair; then the untried pairs of the top-k plus the

@@ -31,15 +31,16 @@ def weights_of(pool: "Pool", model_id: str) -> str:
     return m.path
 
 
-def job_for(pool: "Pool", m: "PoolModel") -> "ChildJob":
-    """The self-contained unit of work that merges (a child of this run) and scores ``m``."""
+def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False) -> "ChildJob":
+    """The self-contained unit of work that merges (a child or baseline of this run) and scores
+    ``m``. ``optional``: a failed evaluation leaves ``m`` out instead of stopping the run."""
     from mergekit_kinship.executors.job import ChildJob
 
-    own_child = m.kind == "child" and not m.external
+    own_child = m.kind in ("child", "baseline") and not m.external
     return ChildJob(run_dir=str(pool.rd.path), model_id=m.id, identity=m.identity,
                     model_path=str(pool.rd.model_dir(m.id)) if own_child else m.path,
                     score_key=pool.cache.score_key(m.identity),
                     evaluation=pool.recipe.evaluation.model_dump(mode="json"),
                     yaml_text=m.yaml if own_child else None, seed=m.seed,
                     tokenizer_from=pool.models[m.parents[0]].path if m.parents else None,
-                    evaluator=pool.evaluator)
+                    evaluator=pool.evaluator, optional=optional)

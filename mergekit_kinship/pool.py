@@ -83,6 +83,7 @@ class Pool:
         self.metrics = sorted({self.metric, "pcc"})
         self.models: dict[str, PoolModel] = {}
         self.failed: dict[str, PoolModel] = {}  # children skipped (evaluation.on_error)
+        self.references: dict[str, PoolModel] = {}  # the base, one-shot baselines: not in the pool
         self.generations: list[dict[str, Any]] = []
         self.merged_pairs: set[frozenset[str]] = set()
         self.base_identity = self.cache.identity(recipe.base)
@@ -164,7 +165,7 @@ class Pool:
 
         m.scores, m.stderr = dict(scores), dict(stderr or {})
         m.fitness = fitness(m.scores, self.recipe.evaluation)
-        if m.kind == "child":
+        if m.kind in ("child", "baseline"):
             parents = [self.models[p].fitness for p in m.parents]
             m.gain = None if None in parents else m.fitness - sum(parents) / len(parents)
 
@@ -256,18 +257,28 @@ class Pool:
         ids = list(self.models)
         base = self.recipe.base
         diagonal = self_kinship(self.metric)
+        reference = self.references.get("base")
+        base_fitness = reference.fitness if reference is not None else None
+
+        def entry(m: PoolModel):
+            e = m.entry()
+            if base_fitness is not None and m.fitness is not None and m.kind != "base":
+                e.vs_base = m.fitness - base_fitness
+            return e
+
         return RunSummary(
             recipe=self.recipe.to_dict(), strategy=self.recipe.strategy,
             top_k=self.recipe.top_k, metric=self.metric,
             base=BaseInfo(name=base.display_name, path=base.path, hub_id=base.hub),
             evaluation=self.recipe.evaluation.model_dump(mode="json"),
-            models={i: m.entry() for i, m in self.models.items()},
+            models={i: entry(m) for i, m in self.models.items()},
             generations=self.generations,
             pool_kinship=PoolKinship(names=ids, metric=self.metric, values=[
                 [diagonal if a == b else self.kinship(a, b) for b in ids] for a in ids]),
             saturation_threshold=self.recipe.stopping.saturation, stopped=stopped,
             merges=self.merges_done(), best=self.top_k(1)[0] if ids else None,
-            failed={i: m.entry() for i, m in self.failed.items()})
+            failed={i: m.entry() for i, m in self.failed.items()},
+            references={i: entry(m) for i, m in self.references.items()})
 
 
 def default_kinship(paths: dict[str, str], base: str, metrics: list[str],

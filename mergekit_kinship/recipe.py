@@ -211,6 +211,33 @@ class Stopping(BaseModel):
     saturation: Optional[float] = Field(None, gt=-1.0, le=1.0)  # mutual PCC of the top-k
 
 
+class References(BaseModel):
+    """What every child is measured against besides its parents (none of it enters the pool).
+
+    ``base``: score the shared base itself once, as the foundation models are (turn it off when
+    the base would be scored unfairly, e.g. a pre-trained base on chat-formatted tasks).
+    ``baselines``: the one-shot merges of all foundation models that ``compare`` and
+    ``evolve --baselines`` make and score (:mod:`mergekit_kinship.baselines`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    base: bool = True
+    baselines: list[str] = Field(default_factory=lambda: ["ties", "dare_ties", "linear",
+                                                          "task_arithmetic"])
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, names):
+        from mergekit_kinship.baselines import BASELINES
+
+        for name in names:
+            if name not in BASELINES:
+                raise ValueError(f"unknown baseline {name!r}" + _did_you_mean(name, list(BASELINES)))
+        if len(set(names)) != len(names):
+            raise ValueError("a baseline is listed twice")
+        return names
+
+
 class Recipe(BaseModel):
     """A validated recipe; model paths are absolute once loaded by :func:`load_recipe`."""
 
@@ -223,6 +250,7 @@ class Recipe(BaseModel):
     merge: MergeTemplate = Field(default_factory=MergeTemplate)
     evaluation: EvaluationSettings
     stopping: Stopping = Field(default_factory=Stopping)
+    references: References = Field(default_factory=References)
     seed: int = 0
 
     @field_validator("base", mode="before")

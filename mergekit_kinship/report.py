@@ -36,6 +36,7 @@ from mergekit_kinship.findings import (
 from mergekit_kinship.formatting import MISSING, metric_value, number
 from mergekit_kinship.report_figures import PAGE_WIDTH_PX
 from mergekit_kinship.summary import RunSummary, load_summary
+from mergekit_kinship.tables import verdict_lines
 
 REPORT_FILE = "report.html"
 # How each strategy reads in the title; another registered strategy reads "Merging".
@@ -103,6 +104,8 @@ def _facts(summary: RunSummary) -> str:
         ("stopped", summary.stopped or "not yet (run in progress or interrupted)"),
         ("best model", f"{models[best].name} (fitness {number(models[best].fitness)})"
          if best in models else MISSING),
+        *(("against the references", line) for line in verdict_lines(summary)
+          if summary.references),
     ]
     rows = "".join(f'<tr><th scope="row">{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in facts)
     return f"<table><tbody>{rows}</tbody></table>"
@@ -143,6 +146,22 @@ def _models_table(summary: RunSummary) -> str:
                      str(len(summary.lineage(model_id)) - 1)])
     return _table(["id", "name", "gen", "parents", "method", f"parents' kinship ({summary.metric})",
                    "fitness", "gain", "notes", "ancestors"], rows, numeric=frozenset({2, 5, 6, 7, 9}))
+
+
+def _references_table(summary: RunSummary) -> str:
+    best = summary.best_child()
+    best_fitness = summary.models[best].fitness if best else None
+    rows = []
+    for ref in summary.references.values():
+        what = ("the shared base model" if ref.kind == "base" else
+                f"{ref.method} of all {len(ref.parents)} foundation models")
+        diff = (best_fitness - ref.fitness) if best_fitness is not None and \
+            ref.fitness is not None else None
+        rows.append([_e(ref.name), _e(what), number(ref.fitness),
+                     number(ref.vs_base, signed=True) if ref.kind != "base" else MISSING,
+                     number(diff, signed=True), _e(ref.failed or "")])
+    return _table(["reference", "what it is", "fitness", "vs base", "best child minus it",
+                   "notes"], rows, numeric=frozenset({2, 3, 4}))
 
 
 def render_report(summary: RunSummary, title: Optional[str] = None,
@@ -204,6 +223,12 @@ def render_report(summary: RunSummary, title: Optional[str] = None,
                  'gain (|gain|) rather than its sign. With few merges, p-values are wide: treat them '
                  'as a hint.</p>')
 
+    if summary.references:
+        parts.append("<h2>References</h2>")
+        parts.append('<p class="muted">Scored with the same evaluation, outside the search (not '
+                     'pool members): the base model itself, and one-shot merges of every '
+                     'foundation model at once.</p>')
+        parts.append(_references_table(summary))
     parts.append("<h2>All models</h2>")
     parts.append(_models_table(summary))
     parts.append("</body></html>")

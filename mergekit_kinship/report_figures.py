@@ -68,6 +68,14 @@ def fitness_figure(summary: RunSummary):
     ax.plot(xs, mean, "s--", color=_GREY, label="mean fitness of the generation's models")
     if foundation:
         ax.axhline(max(foundation), color=_GOLD, lw=1, ls=":", label="best foundation model")
+    base = summary.base_reference()
+    if base is not None:
+        ax.axhline(base.fitness, color="#cf222e", lw=1, ls="-.", label="base model (reference)")
+    baselines = summary.baselines()
+    if baselines:
+        top = max(baselines.values(), key=lambda m: m.fitness)
+        ax.axhline(top.fitness, color="#8250df", lw=1, ls="--",
+                   label=f"best one-shot baseline ({top.name})")
     for x, y in zip(xs, best):
         if y is not None:
             ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center",

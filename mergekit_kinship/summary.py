@@ -43,7 +43,9 @@ class ModelEntry(_Schema):
     """One model of the run: a foundation model or a child (merged by this run or elsewhere)."""
 
     name: str
-    kind: Literal["foundation", "child"]
+    # a pool member (foundation model or child), or a reference outside the pool: the shared base
+    # itself, or a one-shot baseline merge of every foundation model
+    kind: Literal["foundation", "child", "base", "baseline"]
     path: Optional[str] = None  # its weights here; None when pruned (--keep) or a hub model
     hub_id: Optional[str] = None
     identity: Optional[str] = None
@@ -56,7 +58,8 @@ class ModelEntry(_Schema):
     scores: dict[str, float] = Field(default_factory=dict)
     stderr: dict[str, float] = Field(default_factory=dict)
     fitness: Optional[float] = None
-    gain: Optional[float] = None
+    gain: Optional[float] = None  # fitness minus the mean of its parents' fitness
+    vs_base: Optional[float] = None  # fitness minus the base model's (when the base was scored)
     failed: Optional[str] = None  # its evaluation failed for good: skipped, never in the pool
 
     @model_validator(mode="before")
@@ -131,6 +134,8 @@ class RunSummary(_Schema):
     merges: int = 0
     best: Optional[str] = None
     failed: dict[str, ModelEntry] = Field(default_factory=dict)
+    # Not pool members: the base model's own score and one-shot baselines, at the same evaluation
+    references: dict[str, ModelEntry] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -144,7 +149,8 @@ class RunSummary(_Schema):
         if not self.models:
             raise ValueError("models: empty")
         known = set(self.models) | set(self.failed)
-        for model_id, model in [*self.models.items(), *self.failed.items()]:
+        for model_id, model in [*self.models.items(), *self.failed.items(),
+                                *self.references.items()]:
             for parent in model.parents:
                 if parent not in self.models:
                     raise ValueError(f"models.{model_id}.parents: unknown model {parent!r}")
@@ -174,6 +180,23 @@ class RunSummary(_Schema):
 
     def final_top_k(self) -> list[str]:
         return list(self.generations[-1].top_k) if self.generations else []
+
+    def base_reference(self) -> Optional[ModelEntry]:
+        """The base model's own entry, when the run scored it."""
+        return next((m for m in self.references.values()
+                     if m.kind == "base" and m.fitness is not None), None)
+
+    def baselines(self) -> dict[str, ModelEntry]:
+        """The scored one-shot baselines, by id."""
+        return {i: m for i, m in self.references.items()
+                if m.kind == "baseline" and m.fitness is not None}
+
+    def best_child(self) -> Optional[str]:
+        """The fittest child of the run (ties: the first made)."""
+        children = [i for i in self.children_in_order() if self.models.get(i) is not None
+                    and self.models[i].fitness is not None]
+        return max(children, key=lambda i: (self.models[i].fitness, -children.index(i)),
+                   default=None)
 
     def best_foundation_fitness(self) -> Optional[float]:
         values = [m.fitness for m in self.models.values()

@@ -10,12 +10,15 @@ from mergekit_kinship.summary import RunSummary
 
 def generation_table(summary: RunSummary, index: int) -> str:
     """Generation ``index`` as text: child, parents, parents' kinship, scores, fitness, gain over
-    the parents' mean; then the best model so far and the top-k."""
+    the parents' mean and, when the base model was scored, the difference to the base; then the
+    best model so far and the top-k. Generation 1's table starts with the references."""
     models = summary.models
     record = next(g for g in summary.generations if g.index == index)
     tasks = summary.tasks
     metric = summary.metric
-    header = ["child", "parents", f"kinship ({metric})", *tasks, "fitness", "gain"]
+    base = summary.base_reference()
+    header = ["child", "parents", f"kinship ({metric})", *tasks, "fitness", "gain",
+              *(["vs base"] if base else [])]
     rows = []
     for cid in record.children:
         m = models[cid]
@@ -24,19 +27,72 @@ def generation_table(summary: RunSummary, index: int) -> str:
             parents += " (explore)"
         kin = (m.parents_kinship or {}).get(metric)
         rows.append([m.name, parents, number(kin), *(number(m.scores.get(t)) for t in tasks),
-                     number(m.fitness), number(m.gain, signed=True)])
+                     number(m.fitness), number(m.gain, signed=True),
+                     *([number(m.vs_base, signed=True)] if base else [])])
     for cid in record.failed:
         m = summary.failed[cid]
         parents = " x ".join(models[p].name for p in m.parents)
         rows.append([m.name, parents, number((m.parents_kinship or {}).get(metric)),
-                     *("-" for _ in tasks), "failed", "-"])
+                     *("-" for _ in tasks), "failed", "-", *(["-"] if base else [])])
     title = (f"generation {index}: {len(rows)} children"
              + (f" ({len(record.failed)} failed, skipped)" if record.failed else ""))
     best = models[record.best]
     top = ", ".join(models[i].name for i in record.top_k)
     footer = (f"best so far: {best.name} fitness {number(best.fitness)}; top-k: {top}; "
               f"mutual pcc {number(record.top_k_mutual_pcc)}")
-    return "\n".join([title, text_table(header, rows), footer])
+    lines = [title, text_table(header, rows), footer]
+    if index == 1 and summary.references:
+        lines.insert(0, references_line(summary))
+    return "\n".join(lines)
+
+
+def references_line(summary: RunSummary) -> str:
+    """``references (not in the pool): base 0.6300; ties (one-shot) 0.7000 ...``"""
+    parts = []
+    for m in summary.references.values():
+        label = reference_label(m.name, m.kind)
+        parts.append(f"{label} {number(m.fitness)}" if m.fitness is not None
+                     else f"{label} not scored ({m.failed or 'no score'})")
+    return "references (not in the pool): " + "; ".join(parts)
+
+
+def reference_label(name: str, kind: str) -> str:
+    """``base model`` (its name too when it is not just "base"), or the baseline's own name."""
+    if kind != "base":
+        return name
+    return "base model" if name == "base" else f"base model {name}"
+
+
+def verdict_lines(summary: RunSummary) -> list[str]:
+    """How the run's best child compares with the references: whether any child beat the base
+    model, and the best one-shot baseline."""
+    best_id = summary.best_child()
+    base = summary.base_reference()
+    lines = []
+    if best_id is None:
+        return ["no child was scored"]
+    best = summary.models[best_id]
+    if base is not None:
+        winners = [i for i in summary.children_in_order()
+                   if i in summary.models and (summary.models[i].vs_base or 0) > 0]
+        if winners:
+            lines.append(f"{len(winners)} of {len(summary.children_in_order())} children beat "
+                         f"the base model ({number(base.fitness)}); the best, "
+                         f"{best.name}, by {number(best.vs_base, signed=True)}")
+        else:
+            lines.append(f"no child beat the base model ({number(base.fitness)}): "
+                         f"the best child, {best.name}, scores {number(best.fitness)} "
+                         f"({number(best.vs_base, signed=True)})")
+    baselines = summary.baselines()
+    if baselines:
+        top_id = max(baselines, key=lambda i: baselines[i].fitness)
+        top = baselines[top_id]
+        diff = best.fitness - top.fitness
+        verb = "beats" if diff > 0 else ("ties" if diff == 0 else "falls short of")
+        lines.append(f"the best child {best.name} ({number(best.fitness)}) {verb} the best "
+                     f"one-shot baseline, {top.name} ({number(top.fitness)}), "
+                     f"{number(diff, signed=True)}")
+    return lines
 
 
 def print_table(summary: RunSummary, record, stream=sys.stdout) -> None:

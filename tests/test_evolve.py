@@ -173,7 +173,7 @@ def test_rerun_does_no_work_and_changed_evaluation_rescores(tiny, clean, tmp_pat
     third = evolve(load_recipe(changed), copy, progress=False)
     assert lineage(third) == lineage(s)  # the stand-in ignores few-shot: same decisions
     assert len(events(copy, "merged")) == n_merged
-    assert len(events(copy, "scored")) == n_scored + len(s["models"])
+    assert len(events(copy, "scored")) == n_scored + len(s["models"]) + len(s["references"])
 
 
 def test_second_evolve_is_refused_while_the_run_dir_is_in_use(tiny, tmp_path):
@@ -280,11 +280,12 @@ def test_killed_during_merge_and_evaluation_resumes_exactly(tiny, clean):
     scored = Counter(e["score_key"] for e in events(run_dir, "scored"))
     children = [i for i, m in summary["models"].items() if m["kind"] == "child"]
     assert sorted(merged) == sorted(children) and set(merged.values()) == {1}
-    assert len(scored) == len(summary["models"]) and set(scored.values()) == {1}
+    scored_models = len(summary["models"]) + len(summary["references"])  # the base too
+    assert len(scored) == scored_models and set(scored.values()) == {1}
     starts = Counter(e["child"] for e in events(run_dir, "merge-start"))
     assert sum(starts.values()) == len(children) + 1  # only the killed merge started twice
     evals = Counter(e["score_key"] for e in events(run_dir, "eval-start"))
-    assert sum(evals.values()) == len(summary["models"]) + 1  # only the killed one twice
+    assert sum(evals.values()) == scored_models + 1  # only the killed one twice
     assert not list((run_dir / "models").glob(".partial-*"))
 
 
@@ -465,4 +466,4 @@ def test_scores_of_another_evaluator_are_kept_apart(tiny, clean, tmp_path):
     lm_eval_key = content_hash({"model": s["models"]["child0"]["identity"],
                                 "evaluation": evaluation_fingerprint(recipe.evaluation)})
     assert not (run_dir / "scores" / f"{lm_eval_key}.json").exists()
-    assert len(list((run_dir / "scores").glob("*.json"))) == len(s["models"])
+    assert len(list((run_dir / "scores").glob("*.json"))) == len(s["models"]) + len(s["references"])

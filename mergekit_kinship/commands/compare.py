@@ -19,20 +19,32 @@ from mergekit_kinship.commands.common import (
               help="Comma-separated strategies to run on RECIPE.")
 @click.option("--merges", type=click.IntRange(min=1),
               help="Merge budget of every run (and the count they are compared at).")
+@click.option("--methods", metavar="M1,M2,...",
+              help="Also vary the two-parent merge method: run every strategy with each of these "
+                   "(e.g. slerp,task_arithmetic,ties; the recipe's own merge section for its "
+                   "method, documented defaults for the others) into RUN_DIR/<method>/<strategy>.")
+@click.option("--no-baselines", is_flag=True,
+              help="Do not make the one-shot baselines (every foundation model merged at once "
+                   "with each method of the recipe's references.baselines).")
 @keep_option
 @evaluator_option
 @quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON on stdout.")
-def compare_cmd(sources, run_dir, strategies, merges, keep, evaluator, quiet, as_json):
+def compare_cmd(sources, run_dir, strategies, merges, methods, no_baselines, keep, evaluator,
+                quiet, as_json):
     """Compare strategies at an equal number of merges.
 
     SOURCES is either one recipe file, run once per strategy into RUN_DIR/<strategy>
     (resumable), or finished run directories of `evolve`. Each run is judged by the best
     fitness among the foundation models and its first N children, N = --merges or the fewest
-    merges any run made.
+    merges any run made, and set against the references scored with the same evaluation: the
+    base model itself and one-shot merges of all foundation models (TIES, DARE-TIES, linear,
+    task arithmetic), which a recipe run makes once and shares by content.
 
     \b
       mergekit-kinship compare recipe.yaml --run-dir runs/cmp --merges 12
+      mergekit-kinship compare recipe.yaml --run-dir runs/grid --merges 12 \\
+          --strategies kinship,greedy --methods slerp,task_arithmetic,ties
       mergekit-kinship compare runs/kinship runs/greedy
     """
     if quiet:  # before any engine (and its progress-bar library) is imported
@@ -48,6 +60,8 @@ def compare_cmd(sources, run_dir, strategies, merges, keep, evaluator, quiet, as
     if dirs:
         if len(dirs) != len(sources):
             raise UserError("give either one recipe file (with --run-dir) or run directories")
+        if methods:
+            raise UserError("--methods: only with a recipe (finished runs already chose theirs)")
         comparison = compare_summaries(read_summaries(dirs), merges)
     else:
         if len(sources) != 1 or not run_dir:
@@ -62,9 +76,15 @@ def compare_cmd(sources, run_dir, strategies, merges, keep, evaluator, quiet, as
             if name not in STRATEGIES:
                 raise UserError(f"--strategies: unknown strategy {name!r} "
                                 f"(one of {', '.join(STRATEGIES)})")
+        method_names = None
+        if methods is not None:
+            method_names = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))
+            if not method_names:
+                raise UserError("--methods: name at least one two-parent merge method")
         check_evaluator(evaluator)
         validated = prepare(sources[0])
         comparison = compare_strategies(validated, run_dir, names, merges, keep=keep,
+                                        methods=method_names, baselines=not no_baselines,
                                         evaluator=evaluator, progress=not quiet,
                                         on_generation=lambda s, r: print_table(s, r, sys.stderr))
     click.echo(json.dumps(comparison, indent=1) if as_json else comparison_table(comparison))

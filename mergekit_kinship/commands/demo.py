@@ -33,7 +33,7 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
     from mergekit_kinship.evolution import evolve
     from mergekit_kinship.recipe import parse_recipe
     from mergekit_kinship.report import write_report
-    from mergekit_kinship.tables import print_table
+    from mergekit_kinship.tables import print_table, verdict_lines
     from mergekit_kinship.zoo import builtin_recipe
     from mergekit_kinship.zoo.train import single_threaded
 
@@ -54,6 +54,8 @@ def run_evolution(family, out_dir: Path, *, progress: bool, table_stream) -> dic
         "best": {"id": summary.best, "name": best.name, "fitness": best.fitness,
                  "path": best.path},
         "best_foundation_fitness": summary.best_foundation_fitness(),
+        "base_fitness": summary.base_reference().fitness if summary.base_reference() else None,
+        "verdict": verdict_lines(summary),
     }
 
 
@@ -171,6 +173,8 @@ def demo_cmd(out_dir: Path, family_dir: Path | None, seed: int, as_json: bool, q
                f"generations, {evolution['merges']} merges.")
     click.echo(f"Best: {best['name']} fitness {best['fitness']:.4f} "
                f"(best foundation model {evolution['best_foundation_fitness']:.4f})")
+    for line in evolution["verdict"]:
+        click.echo(line[0].upper() + line[1:] + ".")
     click.echo(f"Report: {evolution['report']}")
     click.echo(f"Results in {out_dir.resolve()} ({summary['seconds']} s)")
     sys.stdout.flush()

@@ -29,15 +29,22 @@ from mergekit_kinship.commands.common import (
               help="[ray] CPUs per child (default 1).")
 @click.option("--retries", type=click.IntRange(min=0),
               help="[ray] Times a failing child is run again (default 2).")
+@click.option("--baselines", is_flag=True,
+              help="Also merge all foundation models at once with each one-shot baseline of "
+                   "the recipe (references.baselines: TIES, DARE-TIES, linear, task "
+                   "arithmetic) and score them: references, not pool members.")
 @evaluator_option
 @quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, executor, address,
-               num_gpus, num_cpus, retries, evaluator, quiet, as_json):
+               num_gpus, num_cpus, retries, baselines, evaluator, quiet, as_json):
     """Merge, score and select until the stopping rule: Algorithm 1 of arXiv 2410.12613.
 
     Prints a table per generation (child, parents, parents' kinship, scores, gain over the
-    parents' mean, best so far) and writes RUN_DIR/summary.json after every generation.
+    parents' mean and over the base model, best so far) and writes RUN_DIR/summary.json after
+    every generation; it ends saying whether any child beat the base model (scored once as a
+    reference unless the recipe's references.base is false) and, with --baselines, the best
+    one-shot merge of all foundation models.
     Interrupt it at any time; running it again on the same RUN_DIR continues where it stopped,
     redoing no finished merge or evaluation.
 
@@ -51,7 +58,7 @@ def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, exe
     from mergekit_kinship.errors import UserError
     from mergekit_kinship.evolution import evolve
     from mergekit_kinship.executors import get_executor
-    from mergekit_kinship.tables import print_table
+    from mergekit_kinship.tables import print_table, verdict_lines
 
     ray_options = {"address": address, "num_gpus": num_gpus, "num_cpus": num_cpus,
                    "retries": retries}
@@ -65,7 +72,7 @@ def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, exe
     table_stream = sys.stderr if as_json else sys.stdout
     try:
         summary = evolve(validated, run_dir, keep=keep, executor=work, evaluator=evaluator,
-                         progress=not quiet,
+                         baselines=baselines, progress=not quiet,
                          on_generation=lambda s, r: print_table(s, r, table_stream))
     finally:
         if hasattr(work, "close"):
@@ -79,4 +86,6 @@ def evolve_cmd(recipe, run_dir, strategy, keep, max_generations, max_merges, exe
         click.echo(f"stopped: {summary.stopped} after {len(summary.generations)} generations, "
                    f"{summary.merges} merges; best {best.name} ({summary.best}) "
                    f"fitness {best.fitness:.4f} at {best.path or '(weights not kept)'}")
+        for line in verdict_lines(summary):
+            click.echo(line)
         click.echo(f"summary: {summary_path(run_dir).resolve()}")

@@ -34,6 +34,7 @@ class ChildJob:
     seed: Optional[int] = None
     tokenizer_from: Optional[str] = None
     evaluator: Optional[str] = None  # "module:function" scoring the model; None: lm-eval
+    optional: bool = False  # a reference (the base, a baseline): failing leaves it out, never stops
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,6 +168,8 @@ def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
 
     child = job.yaml_text is not None
     tries = 1 + (settings.retries if settings.on_error == "retry" and child else 0)
+    if job.optional:  # a reference: one try, then left out whatever the policy says
+        tries = 1
     for attempt in range(1, tries + 1):
         run.append({"event": "eval-start", "model": job.model_id, "score_key": job.score_key})
         try:
@@ -180,9 +183,10 @@ def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
         except Exception as err:  # lm-eval, CUDA, a broken child: recorded, then policy
             first = (str(err).strip().splitlines() or [""])[0][:300]
             error = f"{type(err).__name__}: {first}" if first else type(err).__name__
-            stop = settings.on_error == "stop" or not child
+            stop = not job.optional and (settings.on_error == "stop" or not child)
             # A UserError (e.g. no tokenizer) would fail again the same way: not retried.
-            final = not stop and (attempt == tries or isinstance(err, UserError))
+            final = not stop and not job.optional and (attempt == tries
+                                                       or isinstance(err, UserError))
             run.append({"event": "eval-failed", "model": job.model_id,
                         "score_key": job.score_key, "attempt": attempt, "error": error,
                         "final": final})
@@ -196,5 +200,7 @@ def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
                 # executor shows it as one line.
                 raise EvaluationFailed(message) from err
             if final:
+                return error
+            if job.optional:  # left out this time; the next run tries it again
                 return error
     raise AssertionError("unreachable")

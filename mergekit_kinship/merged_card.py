@@ -16,7 +16,8 @@ folder when it holds one about these inputs, else is measured
 
 The card is ``README.md`` (huggingface_hub's ``ModelCard``). An existing one (mergekit writes one)
 is updated in place: its metadata keeps every key, with ``base_model`` set to the inputs' hub
-ids (a local path is never listed: the Hub rejects it; with none there is no ``base_model``) and
+ids, as mergekit lists them (a local path never: the Hub rejects it; with no hub id there is
+no ``base_model``) and
 ``model-kinship`` added to the tags; its text is kept, and only our own section, between
 :data:`BEGIN` and :data:`END`, is added or replaced. Without a README, that section also carries
 mergekit's usual facts (method, inputs, the configuration).
@@ -54,7 +55,8 @@ class MergedModel:
     config: Any  # mergekit.config.MergeConfiguration
     config_text: str
     method: str
-    inputs: list[str]  # model references as the config names them (path or hub id[@revision])
+    references: list[str]  # every model the config names (path or hub id[@revision]), once
+    inputs: list[str]  # those, less the ancestor
     ancestor: str
     ancestor_from: str  # "config" (its task-vector base_model) or "--base"
 
@@ -83,7 +85,7 @@ def read_merged_model(model_dir: str | os.PathLike, base: Optional[str] = None) 
     except (yaml.YAMLError, ValidationError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise UserError(f"{path}: not a mergekit configuration ({first})") from None
-    refs = list(dict.fromkeys(str(r) for r in config.referenced_models()))
+    refs = _references_in_order(config)
     lora = [r for r in refs if "+" in r]
     if lora:
         raise UserError(f"{path}: input {lora[0]} applies a LoRA; kinship of LoRA-applied inputs "
@@ -106,7 +108,20 @@ def read_merged_model(model_dir: str | os.PathLike, base: Optional[str] = None) 
     if not inputs:
         raise UserError(f"{path}: no merged model other than the ancestor {ancestor}")
     return MergedModel(folder=folder, config=config, config_text=text, method=config.merge_method,
-                       inputs=inputs, ancestor=ancestor, ancestor_from=where)
+                       references=refs, inputs=inputs, ancestor=ancestor, ancestor_from=where)
+
+
+def _references_in_order(config) -> list[str]:
+    """Every model ``config`` references, once, in the order the config names them (mergekit's
+    ``referenced_models()`` is a set: its order changes from one process to the next)."""
+    refs = [config.base_model] if config.base_model is not None else []
+    groups = [config, *(config.modules or {}).values()]
+    for group in groups:
+        refs += [m.model for m in (getattr(group, "models", None) or [])]
+        refs += [src.model for piece in (getattr(group, "slices", None) or []) for src in piece.sources]
+    named = list(dict.fromkeys(str(r) for r in refs))
+    rest = sorted({str(r) for r in config.referenced_models()} - set(named))
+    return named + rest
 
 
 def _same_model(ref: str) -> str:
@@ -123,9 +138,11 @@ def merge_kinship(merged: MergedModel, progress: bool = False) -> MergeKinship:
 
 
 def hub_inputs(merged: MergedModel) -> list[str]:
-    """The inputs that are Hub repos (``org/name``, revision dropped), each once. A reference
-    that is an existing local folder is local even if it reads like ``org/name``."""
-    repos = [split_revision(r)[0] for r in merged.inputs
+    """The models the merge read that are Hub repos (``org/name``, revision dropped), each once,
+    as mergekit lists them: the config's ``base_model`` included, an ancestor given only with
+    ``--base`` not (the merge never read it). A reference that is an existing local folder is
+    local even if it reads like ``org/name``."""
+    repos = [split_revision(r)[0] for r in merged.references
              if is_hub_id(r, org_required=True) and not Path(split_revision(r)[0]).exists()]
     return list(dict.fromkeys(repos))
 
@@ -168,9 +185,11 @@ def kinship_section(merged: MergedModel, kinship: MergeKinship, hub_ids: list[st
         values = kinship.with_output[i] if i < len(kinship.with_output) else {}
         rows.append(_row([_cell(ref), *(metric_value(values.get(m), m) for m in metrics)]))
     lines.append("\n".join(rows))
+    local = [r for r in merged.references if split_revision(r)[0] not in hub_ids]
     if hub_ids:
-        lines.append("The inputs on the Hub are listed as `base_model` in the metadata; local "
-                     "inputs are named by the paths the merge read them from.")
+        lines.append("The models the merge read from the Hub are listed as `base_model` in the "
+                     "metadata" + ("; local ones are named by the paths the merge read them from."
+                                   if local else "."))
     else:
         lines.append("Every input is a local folder (no Hub id), named by the path the merge read "
                      "it from.")

@@ -42,8 +42,9 @@ def stage_names(summary: RunSummary, model_id: str) -> dict[str, str]:
     """Stage name of every ancestor merge of ``model_id`` (not the child itself): its display
     name (``g1-2``) when that is a plain, unique file name, else its id."""
     models = summary.models
+    # A child without a YAML (merged elsewhere) is no stage: it is named by its folder.
     merges = [m for m in summary.lineage(model_id)
-              if m != model_id and models[m].kind == "child"]
+              if m != model_id and models[m].kind == "child" and models[m].yaml]
     names = [models[m].name for m in merges]
     return {m: (models[m].name if _STAGE_NAME.match(models[m].name) and names.count(models[m].name) == 1
                 and models[m].name not in summary.models.keys() - {m} else m)
@@ -132,10 +133,11 @@ def documents(summary: RunSummary, model_id: str) -> list[tuple[Optional[str], s
 
 
 def local_models(summary: RunSummary, model_id: str) -> list[str]:
-    """The local folders (foundation models or the base, without a hub id) that the lineage file
-    of ``model_id`` names: they must be at these paths where it is run."""
-    local = [summary.models[m].path for m in summary.models
-             if summary.models[m].kind == "foundation" and not summary.models[m].hub_id]
+    """The local folders (models without a hub id that are not stages, and the base) that the
+    lineage file of ``model_id`` names: they must be at these paths where it is run."""
+    stages = stage_names(summary, model_id)
+    local = [summary.models[m].path for m in summary.lineage(model_id)
+             if m != model_id and m not in stages and not summary.models[m].hub_id]
     if summary.base is not None and not summary.base.hub_id:
         local.append(summary.base.path)
     named = {s for _, _, config in documents(summary, model_id) for s in _strings(config)}
@@ -151,7 +153,7 @@ def lineage_yaml(summary: RunSummary, model_id: str) -> str:
     stages = {m: stage for stage, m, _ in docs if stage}
     found = seeds(summary, model_id)
     header = [
-        f"Rebuilds {model.name} ({model_id}) from the foundation models alone: "
+        f"Rebuilds {model.name} ({model_id}) from the foundation models alone:",
         f"{_count(len(stages), 'intermediate merge')}, then {model.name} itself.",
         f"run: {rebuild_command(summary, model_id, 'THIS_FILE')}",
         "Each document is a mergekit configuration; `name: X` makes it a stage that later",
@@ -227,18 +229,18 @@ def card_sections(summary: RunSummary, model_id: str) -> list[str]:
     stages = stage_names(summary, model_id)
     intermediate = [models[p].name for p in model.parents if p in stages]
     if intermediate:
-        own += (f" Its parent{'s' if len(intermediate) > 1 else ''} "
-                + " and ".join(f"`{n}`" for n in intermediate)
-                + f" {'are' if len(intermediate) > 1 else 'is'} named by "
-                "folder in the run directory, so must be merged there first (the lineage file "
-                "does that anywhere).")
+        many = len(intermediate) > 1
+        own += (f" Its parent{'s' if many else ''} " + " and ".join(f"`{n}`" for n in intermediate)
+                + (" are named by their folders" if many else " is named by its folder")
+                + " in the run directory: merge " + ("them" if many else "it") + " there first, "
+                "or use the lineage file, which needs no such folder.")
     else:
         own += " Its parents are foundation models: it is the lineage file's only document."
     intro = (f"`{FILE_NAME}` below rebuilds this model from the foundation models alone with "
              "`mergekit-multi` (part of mergekit): each ancestor merge is a named stage, merged "
              "into `./intermediate/<stage>`, and the last document is this model. The run "
              f"directory keeps it as `{LINEAGE_DIR}/{model_id}.yaml`"
-             + (f", and the model's folder as `{FILE_NAME}`." if model.path else "."))
+             + (f"; the model's folder, as `{FILE_NAME}`." if model.path else "."))
     if seeds(summary, model_id):
         intro += (" Some merges sample (e.g. DARE): `--random-seed` gives every stage the seed "
                   "the run merged it with.")

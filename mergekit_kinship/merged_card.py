@@ -132,7 +132,8 @@ def _same_model(ref: str) -> str:
 def merge_kinship(merged: MergedModel, progress: bool = False) -> MergeKinship:
     """``kinship.json``'s values when it is about these inputs (and this ancestor), else measured."""
     recorded = read_kinship_json(merged.folder, merged.inputs)
-    if recorded is not None and recorded.ancestor in (None, merged.ancestor):
+    if recorded is not None and (recorded.ancestor is None
+                                 or _same_model(recorded.ancestor) == _same_model(merged.ancestor)):
         return recorded
     return measure(merged.inputs, merged.ancestor, merged.folder, progress=progress)
 

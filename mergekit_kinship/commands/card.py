@@ -7,8 +7,8 @@ import click
 
 
 @click.command("card")
-@click.argument("path", metavar="RUN_DIR CHILD | MODEL_DIR", type=click.Path(file_okay=False))
-@click.argument("child", required=False)
+@click.argument("path", metavar="RUN_DIR|MODEL_DIR", type=click.Path(file_okay=False))
+@click.argument("child", metavar="[CHILD]", required=False)
 @click.option("--base", metavar="MODEL",
               help="MODEL_DIR only: the shared ancestor the kinship is measured against (path or "
                    "hub id) [default: the config's base_model when its method takes one].")

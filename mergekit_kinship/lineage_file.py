@@ -46,20 +46,24 @@ def stage_names(summary: RunSummary, model_id: str) -> dict[str, str]:
     merges = [m for m in summary.lineage(model_id)
               if m != model_id and models[m].kind == "child" and models[m].yaml]
     names = [models[m].name for m in merges]
-    return {m: (models[m].name if _STAGE_NAME.match(models[m].name) and names.count(models[m].name) == 1
-                and models[m].name not in summary.models.keys() - {m} else m)
-            for m in merges}
+
+    def plain(m: str) -> bool:  # a file name, unique, and no other model's id
+        name = models[m].name
+        return bool(_STAGE_NAME.match(name)) and names.count(name) == 1 and (
+            name == m or name not in models)
+
+    return {m: models[m].name if plain(m) else m for m in merges}
 
 
 def seeds(summary: RunSummary, model_id: str) -> set[int]:
     """The ``--random-seed`` values the merges of this lineage were made with (empty: no merge
     of it samples). Read from each YAML's header, which says how to run it."""
-    found = set()
-    for m in summary.lineage(model_id):
-        text = summary.models[m].yaml or ""
-        header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
-        found.update(int(s) for s in _SEED.findall(header))
-    return found
+    return {seed for m in summary.lineage(model_id) for seed in _seeds_of(summary.models[m].yaml)}
+
+
+def _seeds_of(yaml_text: Optional[str]) -> list[int]:
+    header = [line for line in (yaml_text or "").splitlines() if line.startswith("#")]
+    return [int(s) for s in _SEED.findall("\n".join(header))]
 
 
 def _refers_to(ref: str, child_id: str, recorded_path: Optional[str]) -> bool:
@@ -163,7 +167,7 @@ def lineage_yaml(summary: RunSummary, model_id: str) -> str:
     ]
     if len(found) > 1:
         header.append(f"The stages were merged with different seeds ({sorted(found)}): run each "
-                      f"stage with its own --random-seed.")
+                      f"stage with the --random-seed its comment gives.")
     local = local_models(summary, model_id)
     if local:
         header.append("Local models (no hub id), needed at these paths:")
@@ -174,6 +178,7 @@ def lineage_yaml(summary: RunSummary, model_id: str) -> str:
             f"stage {stages[p]}" if p in stages else models[p].name for p in models[m].parents)
         label = (f"stage {stage}: {models[m].name} ({m}), generation {models[m].generation}"
                  if stage else f"{model.name} ({m}), generation {model.generation}")
+        what += "".join(f", seed {seed}" for seed in _seeds_of(models[m].yaml))
         parts.append(f"# {label}, {what}\n" + _dump(config))
     return "\n".join(f"# {line}" for line in header) + "\n" + "---\n".join(parts)
 

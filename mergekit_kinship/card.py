@@ -6,8 +6,8 @@ is a Hub-valid ``README.md`` (huggingface_hub's ``ModelCard``): the metadata of
 :mod:`mergekit_kinship.card_metadata`, then a Markdown body with the child's scores against its
 parents', the lineage across all generations as a text tree, one row per merge in that lineage
 (method, parents, parents' kinship, fitness, gain), the models of the lineage (hub id or local
-path), the evaluation settings, and the exact mergekit YAML of this child and of every ancestor
-merge.
+path), the evaluation settings, the lineage file that rebuilds it from the foundation models
+(:mod:`~mergekit_kinship.lineage_file`) and its own mergekit YAML.
 
 Importing this module is cheap (huggingface_hub is imported when a card is built).
 """
@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from mergekit_kinship import lineage_file
 from mergekit_kinship.atomic_io import write_text
 from mergekit_kinship.card_metadata import LM_EVAL_URL, card_data, hub_ancestors
 from mergekit_kinship.errors import UserError
@@ -239,18 +240,7 @@ def card_body(summary: RunSummary, model_id: str) -> str:
         models_intro,
         _models_table(summary, members),
     ]
-    if model.yaml:
-        sections += ["## Merge configuration",
-                     "The exact mergekit YAML that produced this model (`mergekit-yaml` runs it "
-                     "unchanged):",
-                     "```yaml\n" + model.yaml.rstrip("\n") + "\n```"]
-    earlier = [m for m in merges if m != model_id and models[m].yaml]
-    if earlier:
-        sections.append("### Configurations of the ancestor merges")
-        for ancestor in earlier:
-            sections.append(
-                f"<details><summary>{models[ancestor].name} (generation {models[ancestor].generation})"
-                f"</summary>\n\n```yaml\n{models[ancestor].yaml.rstrip(chr(10))}\n```\n\n</details>")
+    sections += lineage_file.card_sections(summary, model_id)  # lineage file and own YAML
     return "\n\n".join(sections) + "\n"
 
 

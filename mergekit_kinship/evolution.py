@@ -98,8 +98,10 @@ def open_pool(recipe: Recipe, run_dir: str | Path, *, evaluator: Optional[str] =
 
 
 def finish(pool: Pool, keep: str, survivors: list[str], stopped: str) -> RunSummary:
-    """Prune weights per ``keep``, write the final summary and every child's card."""
+    """Prune weights per ``keep``, write the final summary, every child's lineage file and
+    card."""
     from mergekit_kinship.card import write_cards
+    from mergekit_kinship.lineage_file import write_lineage_files
     from mergekit_kinship.materialize import weights_of
 
     rd = pool.rd
@@ -115,6 +117,8 @@ def finish(pool: Pool, keep: str, survivors: list[str], stopped: str) -> RunSumm
     rd.append({"event": "stop", "stopped": stopped, "best": best})
     summary = pool.summary(stopped)
     write_summary(rd.path, summary)
-    # Every child gets its Hub card: in its folder when kept, else under RUN_DIR/cards/.
+    # Every child gets a lineage file that rebuilds it from the foundation models alone
+    # (RUN_DIR/lineage/, and in its folder when kept), and its Hub card that quotes it.
+    write_lineage_files(rd.path, summary)
     write_cards(rd.path, summary)
     return summary

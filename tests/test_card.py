@@ -14,6 +14,7 @@ from mergekit_kinship.card import build_card, write_card, write_cards
 from mergekit_kinship.card_metadata import hub_ancestors
 from mergekit_kinship.cli import main
 from mergekit_kinship.errors import UserError
+from mergekit_kinship.lineage_file import lineage_yaml
 from mergekit_kinship.summary import RunSummary, load_summary
 
 
@@ -223,8 +224,14 @@ def test_scores_against_parents_and_exact_yaml(run):
     arith = next(line for line in table.splitlines() if line.startswith("| arith"))
     assert arith == "| arith | 0.8500 | 0.8200 | 0.6200 | 0.7200 | +0.1300 |"
     assert "```yaml\n" + summary.models["g3x"].yaml in text
-    for ancestor in ("g2a", "g2x", "g1a", "g1b"):  # every ancestor merge's config too
-        assert summary.models[ancestor].yaml in text
+    # Every ancestor merge is a stage of the quoted lineage file, named, not a run folder.
+    section = text.split("## Rebuild it from the foundation models")[1].split("### This merge alone")[0]
+    quoted = section.split("```yaml\n")[1].split("```")[0]
+    assert quoted == lineage_yaml(summary, "g3x")
+    documents = list(yaml.safe_load_all(quoted))
+    assert [d.get("name") for d in documents] == ["kin-g1a", "kin-g1b", "kin-g2a", "kin-g2x", None]
+    assert "/runs/x/models/g" not in quoted
+    assert "mergekit-multi lineage.yaml -I ./intermediate --out-path OUT_DIR" in section
 
 
 def test_card_command_writes_where_the_weights_are(run):

@@ -188,6 +188,15 @@ def test_demo_prints_the_family_kinship(family, tmp_path):
     table = CliRunner().invoke(main, ["demo", "--quiet", "--out", str(tmp_path)])
     assert table.exit_code == 0 and "reverse_sort" in table.stdout and "{" not in table.stdout
 
+    # The best child descends from merges that --keep survivors pruned: mergekit-multi rebuilds
+    # it from its lineage file alone, bit for bit (issue 11).
+    from test_lineage_file import assert_rebuilds_bit_for_bit
+
+    from mergekit_kinship.summary import load_summary
+
+    best = load_summary(tmp_path / "run").best
+    assert_rebuilds_bit_for_bit(tmp_path / "run", best, tmp_path / "rebuild")
+
 
 def test_demo_refuses_an_out_holding_another_familys_run(family, tmp_path):
     """A demo run of another family (another --seed) under --out is one line that names --out

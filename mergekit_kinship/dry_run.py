@@ -47,7 +47,7 @@ def dry_run(recipe: Recipe, source: str, *, run_dir: str | Path | None = None,
     from mergekit_kinship.preflight import preflight
 
     preflight(recipe, run_dir=run_dir, lm_eval_tasks=evaluator is None)
-    plans = task_plans(recipe.evaluation, lm_eval_tasks=evaluator is None, evaluator=evaluator)
+    plans = task_plans(recipe.evaluation, lm_eval_tasks=evaluator is None)
     refs = [m.path if m.path is not None else m.reference for m in recipe.models]
     ancestor = recipe.base.path if recipe.base.path is not None else recipe.base.reference
     pairs = list(itertools.combinations(range(len(refs)), 2))

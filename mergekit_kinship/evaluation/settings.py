@@ -56,6 +56,28 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
             raise ValueError("a task is listed twice")
         return tasks
 
+    @pydantic.field_validator("num_fewshot", "limit", mode="before")
+    @classmethod
+    def _number_or_mapping(cls, value, info):
+        # One line naming the task, where pydantic would list every member of the union.
+        whole = info.field_name == "num_fewshot"
+        what = "a whole number" if whole else "a number"
+
+        def valid(item) -> bool:
+            if item is None:
+                return True
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                return False
+            return not whole or float(item).is_integer()
+
+        if isinstance(value, dict):
+            for task, item in value.items():
+                if not valid(item):
+                    raise ValueError(f"{task}: {item!r} is not {what}")
+        elif not valid(value):
+            raise ValueError(f"{value!r} is not {what} or a mapping task -> {what[2:]}")
+        return value
+
     @pydantic.field_validator("num_fewshot")
     @classmethod
     def _fewshot_not_negative(cls, value):

@@ -177,18 +177,17 @@ def _built_local(settings: EvaluationSettings, manager, tasks: list[str]) -> dic
     return built
 
 
-def task_plans(settings: EvaluationSettings, *, lm_eval_tasks: bool = True,
-               evaluator: str | None = None) -> list[TaskPlan]:
+def task_plans(settings: EvaluationSettings, *, lm_eval_tasks: bool = True) -> list[TaskPlan]:
     """:class:`TaskPlan` of every task of ``settings``, read offline.
 
-    ``lm_eval_tasks`` False (a custom ``evaluator`` scores the models): only the recipe's own
-    values are known. Otherwise the settings must have passed
+    ``lm_eval_tasks`` False (another evaluator scores the models, ``--evaluator``): only the
+    recipe's own values are known. Otherwise the settings must have passed
     :func:`~mergekit_kinship.evaluation.tasks.validate_evaluation`. Local tasks (data files in
     the recipe's ``include_path``, or its ``custom_dataset`` loaders) are built by lm-eval to
     count their items exactly; a task on the Hub is never built (that would download it).
     """
     if not lm_eval_tasks:
-        why = f"not known (scored by {evaluator})" if evaluator else "not known"
+        why = "not known: another evaluator"
         return [TaskPlan(task, settings.metric_for(task), settings.fewshot_for(task),
                          "recipe" if settings.fewshot_for(task) is not None else why,
                          settings.limit_for(task), None, None, why, 1)
@@ -244,7 +243,7 @@ def items_text(plan: TaskPlan) -> str:
         return f"{plan.items} of {plan.items_total} (limit {plan.limit})"
     if plan.limit is None:
         return plan.items_note
+    each = " of each task of the group" if plan.subtasks > 1 else ""
     if isinstance(plan.limit, int) or float(plan.limit) >= 1:
-        each = " per task of the group" if plan.subtasks > 1 else ""
-        return f"at most {int(plan.limit)}{each} (limit); total {plan.items_note}"
-    return f"a fraction {plan.limit:g} (limit) of a count {plan.items_note}"
+        return f"at most {int(plan.limit)}{each} (limit); count {plan.items_note}"
+    return f"{plan.limit:g}{each} (limit); count {plan.items_note}"

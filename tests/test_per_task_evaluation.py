@@ -22,7 +22,7 @@ from mergekit_kinship.errors import UserError
 from mergekit_kinship.evaluation.runner import run_lm_eval
 from mergekit_kinship.evaluation.settings import (FEWSHOT_SEED, EvaluationSettings,
                                                   evaluation_fingerprint, fingerprint_hash,
-                                                  include_dir, lm_eval_version)
+                                                  lm_eval_version)
 from mergekit_kinship.evaluation.task_plan import resolved_fewshot, task_plans
 from mergekit_kinship.evaluation.tasks import task_manager_for, task_specs, validate_evaluation
 from test_evaluation import TASK, TASKS

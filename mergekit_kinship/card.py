@@ -155,14 +155,15 @@ def _models_table(summary: RunSummary, members: list[str]) -> str:
 
 
 def _evaluation_text(summary: RunSummary) -> str:
+    from mergekit_kinship.evaluation.describe import task_label
+
     settings = summary.evaluation
     if not settings:
         return "No evaluation settings were recorded."
-    metrics = settings.get("metrics") or {}
-    tasks = ", ".join(f"`{t}` ({metrics.get(t, 'acc')})" for t in settings.get("tasks", []))
+    tasks = ", ".join(f"`{t}` ({task_label(settings, t)})" for t in settings.get("tasks", []))
     lines = [f"Scored with [lm-evaluation-harness]({LM_EVAL_URL}) on {tasks}."]
     details = [f"{key} = {settings[key]}"
-               for key in ("num_fewshot", "limit", "apply_chat_template", "backend", "batch_size")
+               for key in ("apply_chat_template", "backend", "batch_size")
                if settings.get(key) not in (None, False, {})]
     if settings.get("model_args"):
         details.append(f"model_args = {json.dumps(settings['model_args'], sort_keys=True)}")
@@ -171,7 +172,7 @@ def _evaluation_text(summary: RunSummary) -> str:
     if details:
         lines.append("Settings: " + "; ".join(details) + ".")
     if settings.get("limit") is not None:
-        lines.append("With `limit` set, every score is measured on a subset of each task.")
+        lines.append("With a `limit`, a score is measured on the first items of its task only.")
     weights = settings.get("weights") or {}
     mean = "weighted mean " + json.dumps(weights, sort_keys=True) if weights else "mean"
     lines.append(f"Fitness is the {mean} of the task scores; gain is the fitness minus the mean "

@@ -5,7 +5,7 @@
   that have a hub id, and the shared base's hub id): the Hub rejects local paths there. With no
   hub ancestor there is no ``base_model`` (and no ``base_model_relation``).
 - ``base_model_relation: merge``; tags ``merge``, ``mergekit``, ``model-kinship``;
-- a ``model-index`` with one result per lm-eval task scored.
+- a ``model-index`` with one result per lm-eval task scored, with that task's n-shot.
 
 huggingface_hub is imported when metadata is built, not with this module.
 """
@@ -39,14 +39,15 @@ def eval_results(summary: RunSummary, model_id: str) -> list:
     """One ``huggingface_hub.EvalResult`` per task ``model_id`` was scored on."""
     from huggingface_hub import EvalResult
 
+    from mergekit_kinship.evaluation.describe import task_fewshot, task_metric
+
     settings = summary.evaluation
-    metrics = settings.get("metrics") or {}
-    fewshot = settings.get("num_fewshot")
     results = []
     for task, value in summary.models[model_id].scores.items():
         if value is None:
             continue
-        metric = metrics.get(task, "acc")
+        metric = task_metric(settings, task)
+        fewshot = task_fewshot(settings, task)  # each task's own: they may differ
         results.append(EvalResult(
             task_type="text-generation", dataset_type=task, dataset_name=task,
             dataset_args={"num_few_shot": fewshot} if fewshot is not None else None,

@@ -75,7 +75,11 @@ class Pool:
         self.evaluator = evaluator
         self.kinship_fn = kinship_fn or default_kinship
         self.progress = progress
+        from mergekit_kinship.evaluation.task_plan import resolved_fewshot
+
         fingerprint = evaluation_fingerprint(recipe.evaluation)
+        # The n-shot of each task as the run resolves it (the summary, cards and report show it).
+        self.n_shot = resolved_fewshot(recipe.evaluation, lm_eval_tasks=evaluator is None)
         if evaluator is not None:  # another scorer's numbers are other numbers
             fingerprint = {**fingerprint, "evaluator": evaluator}
         self.cache = RunCache(rd, fingerprint)
@@ -270,7 +274,7 @@ class Pool:
             recipe=self.recipe.to_dict(), strategy=self.recipe.strategy,
             top_k=self.recipe.top_k, metric=self.metric,
             base=BaseInfo(name=base.display_name, path=base.path, hub_id=base.hub),
-            evaluation=self.recipe.evaluation.model_dump(mode="json"),
+            evaluation={**self.recipe.evaluation.model_dump(mode="json"), "n_shot": self.n_shot},
             models={i: entry(m) for i, m in self.models.items()},
             generations=self.generations,
             pool_kinship=PoolKinship(names=ids, metric=self.metric, values=[

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from mergekit_kinship.atomic_io import write_text
+from mergekit_kinship.evaluation.describe import task_label
 from mergekit_kinship.findings import (
     kinship_gain_statistics,
     merges,
@@ -99,7 +100,7 @@ def _facts(summary: RunSummary) -> str:
         ("kinship metric", summary.metric),
         ("shared base", (base.hub_id or base.path or base.name) if base else MISSING),
         ("foundation models", ", ".join(models[m].name for m in summary.foundation_ids())),
-        ("tasks", ", ".join(summary.tasks)),
+        ("tasks", "; ".join(f"{t} ({task_label(summary.evaluation, t)})" for t in summary.tasks)),
         ("generations", len(summary.generations)), ("merges", len(merges(summary))),
         ("stopped", summary.stopped or "not yet (run in progress or interrupted)"),
         ("best model", f"{models[best].name} (fitness {number(models[best].fitness)})"

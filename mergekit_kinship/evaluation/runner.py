@@ -1,15 +1,16 @@
 """Score one model with lm-eval: :func:`evaluate`.
 
 The user's lm-eval arguments (tasks, ``include_path``, ``num_fewshot``, ``limit``, batch size,
-``apply_chat_template``, ``model_args``, backend ``hf`` or ``vllm``) are passed through unchanged.
+``apply_chat_template``, ``model_args``, backend ``hf`` or ``vllm``) are passed through unchanged;
+``num_fewshot`` and ``limit`` may differ per task (:mod:`mergekit_kinship.evaluation.task_plan`).
 
 lm-eval is driven through its public lower-level pieces, in the order ``simple_evaluate`` uses
 them (:func:`run_lm_eval`): the model from lm-eval's model registry, the tasks from
 ``TaskManager.load``, then ``lm_eval.evaluate``. ``simple_evaluate`` would add an environment
 report to every result (torch's ``collect_env``, about 1 s of subprocesses per model, and
 ``git describe`` of the working directory, which prints ``fatal: not a git repository``
-outside one) and has no argument to skip it; nothing here reads that report. A test checks that
-the scores equal ``simple_evaluate``'s.
+outside one) and has no argument to skip it; nothing here reads that report. Tests check that
+the scores equal ``simple_evaluate``'s, per task where the settings differ per task.
 
 No function of another library is replaced. What :func:`evaluate` changes while it runs, and
 restores afterwards: lm-eval's logger level and a filter on one of its loggers, transformers'
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-import logging
 import math
 import os
 import random
@@ -30,8 +30,10 @@ import time
 from pathlib import Path
 
 from mergekit_kinship.errors import UserError
+from mergekit_kinship.evaluation.quiet import quiet_libraries
 from mergekit_kinship.evaluation.scores import EvaluationResult, check_scores, fitness
-from mergekit_kinship.evaluation.settings import FEWSHOT_SEED, EvaluationSettings, lm_eval_version
+from mergekit_kinship.evaluation.settings import EvaluationSettings, lm_eval_version
+from mergekit_kinship.evaluation.task_plan import apply_fewshot, limited_items
 from mergekit_kinship.evaluation.tasks import (
     resolve_metric_key,
     task_manager_for,
@@ -58,36 +60,6 @@ def _as_float(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _routine_warning(record: logging.LogRecord) -> bool:
-    """False for an lm-eval warning that every evaluation of a task with a ``custom_dataset``
-    loader repeats (two lines per task and model; the built-in family's tasks have one) and that
-    says nothing is wrong."""
-    return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_libraries():
-    """Silence lm-eval's INFO lines (several per task and model), its routine warning
-    (:func:`_routine_warning`) and transformers' weight-loading bar while one model is scored:
-    over a run of dozens of children they bury the run's own progress and tables. Other warnings
-    and errors still show. Only documented logging switches, each restored on exit."""
-    from transformers.utils import logging as hf_logging
-
-    logger = logging.getLogger("lm_eval")
-    routine = logging.getLogger("lm_eval.api.task")
-    level, bars = logger.level, hf_logging.is_progress_bar_enabled()
-    logger.setLevel(max(level, logging.WARNING))
-    routine.addFilter(_routine_warning)
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-        routine.removeFilter(_routine_warning)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _bars_off_by_default() -> bool:
@@ -140,7 +112,11 @@ def run_lm_eval(settings: EvaluationSettings, model_args: dict, device: str | No
     """lm-eval's results for ``settings``, as ``lm_eval.simple_evaluate`` computes them for the
     same arguments (``task_manager=manager``, ``log_samples=False``, ``fewshot_random_seed`` =
     :data:`~mergekit_kinship.evaluation.settings.FEWSHOT_SEED`, the rest at their defaults) but
-    without its environment report and ``config`` block. ``None`` where lm-eval returns none (not
+    without its environment report and ``config`` block. A per-task ``num_fewshot`` or ``limit``
+    gives each task what ``simple_evaluate`` run on that task alone with that task's values
+    gives it (:func:`~mergekit_kinship.evaluation.task_plan.apply_fewshot`; the limit reaches
+    lm-eval as ``samples=``, the indices of the items its ``limit=`` would score:
+    :func:`~mergekit_kinship.evaluation.task_plan.limited_items`). ``None`` where lm-eval returns none (not
     rank 0 of a distributed run). lm-eval's request bars follow tqdm's ``TQDM_DISABLE``."""
     import lm_eval
     from lm_eval.api.registry import get_model
@@ -150,24 +126,31 @@ def run_lm_eval(settings: EvaluationSettings, model_args: dict, device: str | No
             model_args, {"batch_size": settings.batch_size, "max_batch_size": None, "device": device})
         with task_specs(settings, manager) as specs:
             loaded = manager.load(specs)
-        for task in loaded["tasks"].values():
-            # simple_evaluate's rule: num_fewshot overrides a task's own, except a task pinned
-            # to 0; a task with neither is zero-shot.
-            if settings.num_fewshot is not None:
-                if task.get_config("num_fewshot") != 0:
-                    task.set_config(key="num_fewshot", value=settings.num_fewshot)
-            elif task.get_config("num_fewshot") is None:
-                task.set_config(key="num_fewshot", value=0)
-            task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        apply_fewshot(settings, loaded)
+        samples = limited_items(settings, loaded)
         return lm_eval.evaluate(
             lm=_WithoutRequestBars(lm) if _bars_off_by_default() else lm,
             task_dict=loaded,
-            limit=settings.limit,
+            # The per-task limit as item indices: lm-eval's own limit is one for all tasks.
+            samples=samples or None,
             bootstrap_iters=_BOOTSTRAP_ITERS,
             log_samples=False,
             apply_chat_template=settings.apply_chat_template,
             fewshot_as_multiturn=True,  # simple_evaluate's default (evaluate's is False)
         )
+
+
+def _items_scored(output: dict, task: str) -> int | None:
+    """Items lm-eval scored for ``task``; for a group, summed over its tasks (lm-eval counts
+    the tasks of a group only)."""
+    counts = output.get("n-samples") or {}
+    if task in counts:
+        return int(counts[task]["effective"])
+    children = (output.get("group_subtasks") or {}).get(task)
+    if not children:
+        return None
+    parts = [_items_scored(output, child) for child in children]
+    return None if None in parts else sum(parts)
 
 
 def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> EvaluationResult:
@@ -195,7 +178,7 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
     device = resolve_device(settings) if settings.backend == "hf" else None
     started = time.perf_counter()
     try:
-        with _quiet_libraries():
+        with quiet_libraries():
             output = run_lm_eval(settings, model_args, device, manager)
     finally:
         # lm-eval keeps no reference to the model after returning; collect it now so that the next
@@ -221,9 +204,9 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
         err = _as_float(results[task].get(f"{metric}_stderr,{filter_name}"))
         if err is not None:
             stderr[task] = err
-        count = (output.get("n-samples") or {}).get(task, {}).get("effective")
+        count = _items_scored(output, task)
         if count is not None:
-            samples[task] = int(count)
+            samples[task] = count
         shots = (output.get("n-shot") or {}).get(task)
         if shots is not None:
             n_shot[task] = int(shots)

@@ -32,8 +32,10 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
     include_path: str | None = None
     metrics: dict[str, str] = {}
     weights: dict[str, float] = {}
-    num_fewshot: int | None = None
-    limit: int | float | None = None
+    # A number for every task, or task -> number; a task left out (or null) keeps its own
+    # YAML's default (see :func:`effective_fewshot`) and is scored on every item.
+    num_fewshot: int | dict[str, int | None] | None = None
+    limit: int | float | dict[str, int | float | None] | None = None
     batch_size: int | str = 1
     apply_chat_template: bool = False
     backend: Literal["hf", "vllm"] = "hf"
@@ -54,20 +56,46 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
             raise ValueError("a task is listed twice")
         return tasks
 
+    @pydantic.field_validator("num_fewshot", "limit", mode="before")
+    @classmethod
+    def _number_or_mapping(cls, value, info):
+        # One line naming the task, where pydantic would list every member of the union.
+        whole = info.field_name == "num_fewshot"
+        what = "a whole number" if whole else "a number"
+
+        def valid(item) -> bool:
+            if item is None:
+                return True
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                return False
+            return not whole or float(item).is_integer()
+
+        if isinstance(value, dict):
+            for task, item in value.items():
+                if not valid(item):
+                    raise ValueError(f"{task}: {item!r} is not {what}")
+        elif not valid(value):
+            raise ValueError(f"{value!r} is not {what} or a mapping task -> {what[2:]}")
+        return value
+
     @pydantic.field_validator("num_fewshot")
     @classmethod
     def _fewshot_not_negative(cls, value):
-        if value is not None and value < 0:
-            raise ValueError("must be 0 or more")
+        for task, shots in _entries(value):
+            if shots is not None and shots < 0:
+                raise ValueError(f"{task}must be 0 or more")
         return value
 
     @pydantic.field_validator("limit")
     @classmethod
     def _limit_positive(cls, value):
-        if value is not None and not value > 0:
-            raise ValueError("must be a count above 0 or a fraction in (0, 1)")
-        if isinstance(value, float) and value >= 1 and not value.is_integer():
-            raise ValueError("a fraction must be below 1; a count must be a whole number")
+        for task, limit in _entries(value):
+            if limit is None:
+                continue
+            if not limit > 0:
+                raise ValueError(f"{task}must be a count above 0 or a fraction in (0, 1)")
+            if isinstance(limit, float) and limit >= 1 and not limit.is_integer():
+                raise ValueError(f"{task}a fraction must be below 1; a count must be a whole number")
         return value
 
     @pydantic.field_validator("weights")
@@ -102,6 +130,54 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
     def weight_for(self, task: str) -> float:
         return self.weights.get(task, 1.0)
 
+    def fewshot_for(self, task: str) -> int | None:
+        """The n-shot the recipe asks for ``task``; None: the task's own default."""
+        return _for_task(self.num_fewshot, task)
+
+    def limit_for(self, task: str) -> int | float | None:
+        """The recipe's ``limit`` for ``task`` (lm-eval's meaning: a count, or a fraction below
+        1 of the task's items); None: every item."""
+        return _for_task(self.limit, task)
+
+
+def _entries(value) -> list[tuple[str, Any]]:
+    """(prefix naming the task for an error message, value) of a per-task setting."""
+    if isinstance(value, dict):
+        return [(f"{task}: ", item) for task, item in value.items()]
+    return [("", value)]
+
+
+def _for_task(value, task: str):
+    return value.get(task) if isinstance(value, dict) else value
+
+
+def effective_fewshot(requested: int | None, task_default: int | None) -> int:
+    """The n-shot lm-eval uses for one task: ``simple_evaluate``'s rule, applied per task.
+
+    ``requested``: the recipe's value for the task (:meth:`EvaluationSettings.fewshot_for`);
+    ``task_default``: ``num_fewshot`` in the task's YAML (None when it sets none). A task whose
+    YAML pins 0 stays 0-shot (its prompt holds its own examples, e.g. TruthfulQA's); otherwise
+    the recipe's value, else the task's default, else 0. The runner and ``plan --dry-run`` both
+    use this function, so the dry run prints what the run will use.
+    """
+    if task_default == 0:
+        return 0
+    if requested is not None:
+        return requested
+    return task_default if task_default is not None else 0
+
+
+def per_task_spelling(value, tasks: list[str]):
+    """One canonical spelling of a per-task setting (``num_fewshot`` or ``limit``) over
+    ``tasks``: the single value when every task gets the same one (so ``0`` and
+    ``{every task: 0}`` are one setting, and a plain number keeps the spelling earlier versions
+    fingerprinted), else task -> value for every task (None: the task's default / every item)."""
+    values = {task: _for_task(value, task) for task in tasks}
+    distinct = {json.dumps(v) for v in values.values()}
+    if len(distinct) == 1:
+        return next(iter(values.values()))
+    return values
+
 
 def lm_eval_version() -> str:
     return importlib.metadata.version("lm_eval")
@@ -134,7 +210,11 @@ def _folder_digest(folder: str) -> str:
 def evaluation_fingerprint(settings: EvaluationSettings) -> dict:
     """Everything that changes a task's score, as a JSON-able dict; hash it to key cached scores.
 
-    In: the tasks, the metric taken from each, ``num_fewshot``, ``limit``,
+    In: the tasks, the metric taken from each, ``num_fewshot`` and ``limit`` (as
+    :func:`per_task_spelling` writes them: a change of either for any task changes the
+    fingerprint, another spelling of the same per-task values does not; a task's default written
+    out, e.g. ``gsm8k: 5`` where gsm8k's YAML says 5, counts as a change, since the defaults are
+    not known without lm-eval's task index),
     ``apply_chat_template``, backend, ``model_args`` (dtype ...), the few-shot seed, the lm-eval
     version, and a content digest of ``include_path`` (so an edited local task re-scores; the
     folder's location is not in, so a moved folder does not).
@@ -149,8 +229,8 @@ def evaluation_fingerprint(settings: EvaluationSettings) -> dict:
         "tasks": list(settings.tasks),
         "metrics": {task: settings.metric_for(task) for task in settings.tasks},
         "include_path_sha256": _folder_digest(include_path) if include_path else None,
-        "num_fewshot": settings.num_fewshot,
-        "limit": settings.limit,
+        "num_fewshot": per_task_spelling(settings.num_fewshot, settings.tasks),
+        "limit": per_task_spelling(settings.limit, settings.tasks),
         "apply_chat_template": settings.apply_chat_template,
         "backend": settings.backend,
         "model_args": dict(sorted(settings.model_args.items())),

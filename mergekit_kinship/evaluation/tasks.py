@@ -68,7 +68,7 @@ def _names(manager) -> _Names:
                   frozenset(manager.all_subtasks))
 
 
-def _is_yaml_task(manager, name: str) -> bool:
+def is_yaml_task(manager, name: str) -> bool:
     """A task defined by YAML alone (a Python-defined task's YAML names its ``class``)."""
     entry = manager.task_index.get(name)
     return name in _names(manager).subtasks and entry is not None and "class" not in (entry.cfg or {})
@@ -88,7 +88,7 @@ def _reported_metrics(manager, name: str) -> list[str] | None:
             for filter_name in filters if isinstance(filters, list) else [filters]:
                 keys.append(f"{item['metric']},{filter_name}")
         return keys
-    if not _is_yaml_task(manager, name):
+    if not is_yaml_task(manager, name):
         return None
     metric_list = cfg.get("metric_list")
     if metric_list:
@@ -150,8 +150,9 @@ def validate_evaluation(settings: EvaluationSettings) -> None:
                 f"evaluation.tasks: {task!r} is an lm-eval tag with no score of its own; "
                 f"list its tasks instead"
             )
-    for field_name in ("metrics", "weights"):
-        for task in getattr(settings, field_name):
+    for field_name in ("metrics", "weights", "num_fewshot", "limit"):
+        value = getattr(settings, field_name)
+        for task in value if isinstance(value, dict) else ():
             if task not in settings.tasks:
                 raise UserError(
                     f"evaluation.{field_name}: {task!r} is not one of evaluation.tasks "
@@ -161,13 +162,73 @@ def validate_evaluation(settings: EvaluationSettings) -> None:
         reported = _reported_metrics(manager, task)
         if reported is not None:
             resolve_metric_key(task, settings.metric_for(task), reported)
+    if isinstance(settings.num_fewshot, dict):
+        for task, shots in settings.num_fewshot.items():
+            pinned = [leaf for leaf, cfg in index_leaves(manager, task) if cfg.get("num_fewshot") == 0]
+            if shots and pinned:
+                # simple_evaluate's rule (effective_fewshot): lm-eval would score it 0-shot anyway.
+                which = task if pinned == [task] else f"{task} ({pinned[0]} ...)"
+                raise UserError(
+                    f"evaluation.num_fewshot.{task}: {which} pins num_fewshot to 0 in its YAML "
+                    f"(its prompt holds its own examples) and lm-eval ignores any other value; "
+                    f"write 0 or leave it out")
+
+
+def _group_fields() -> frozenset[str]:
+    """The keys of a group's YAML that shape the group; the others are overrides that lm-eval
+    applies to every task of the group."""
+    import dataclasses
+
+    from lm_eval.api.group import GroupConfig
+
+    return frozenset(field.name for field in dataclasses.fields(GroupConfig))
+
+
+def index_leaves(manager, name: str, overrides: dict | None = None) -> list[tuple[str, dict]]:
+    """The tasks lm-eval scores for ``name`` (a task, group or tag), each with its
+    configuration as lm-eval will build it, read from the task index without building anything
+    (building loads the dataset): the task's YAML (includes resolved) under the overrides its
+    groups apply (a group's non-structural keys, then each member entry's own keys, as lm-eval's
+    task factory merges them). A Python-defined task's configuration is what its YAML says."""
+    overrides = dict(overrides or {})
+    names = _names(manager)
+    entry = manager.task_index.get(name)
+    if entry is None:  # an inline task of a group: its entry is its whole configuration
+        return [(name, overrides)]
+    cfg = dict(entry.cfg or {})
+    if name in names.tags:
+        return [leaf for member in sorted(entry.tags) for leaf in index_leaves(manager, member, overrides)]
+    if name not in names.groups:
+        return [(name, {**cfg, **overrides})]
+    structural = _group_fields()
+    merged = {**{k: v for k, v in cfg.items() if k not in structural}, **overrides}
+    members = cfg.get("task") or []
+    leaves = []
+    for item in members if isinstance(members, list) else [members]:
+        if isinstance(item, str):
+            leaves += index_leaves(manager, item, merged)
+        elif isinstance(item, dict) and isinstance(item.get("task"), str):
+            leaves += index_leaves(manager, item["task"],
+                                   {**merged, **{k: v for k, v in item.items() if k != "task"}})
+        elif isinstance(item, dict) and isinstance(item.get("group"), str):
+            rest = {k: v for k, v in item.items() if k != "group"}
+            if item["group"] in manager.task_index:
+                leaves += index_leaves(manager, item["group"], {**merged, **rest})
+            else:  # an inline group: its own members, under its own overrides
+                inner = {k: v for k, v in rest.items() if k not in structural}
+                for member in rest.get("task") or []:
+                    member_name = member if isinstance(member, str) else member.get("task")
+                    extra = {} if isinstance(member, str) else {
+                        k: v for k, v in member.items() if k != "task"}
+                    leaves += index_leaves(manager, member_name, {**merged, **inner, **extra})
+    return leaves
 
 
 def _absolute_data_files(manager, name: str) -> dict | None:
     """The ``dataset_kwargs`` of a YAML task whose ``data_files`` are relative to its own folder,
     with those paths made absolute; ``None`` when nothing needs resolving."""
     entry = manager.task_index.get(name)
-    if entry is None or entry.yaml_path is None or not _is_yaml_task(manager, name):
+    if entry is None or entry.yaml_path is None or not is_yaml_task(manager, name):
         return None
     dataset_kwargs = (entry.cfg or {}).get("dataset_kwargs") or {}
     data_files = dataset_kwargs.get("data_files")

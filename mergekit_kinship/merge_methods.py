@@ -34,9 +34,10 @@ mergekit (and torch with it) is imported inside the functions, when a recipe is 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from mergekit_kinship.errors import did_you_mean
 
 BaseRole = Literal["parent_a", "ancestor", "none", "optional"]
 
@@ -160,8 +161,7 @@ def method_info(name: str) -> MergeMethodInfo:
     """
     registered = _registered()
     if name not in registered:
-        close = difflib.get_close_matches(name, list(registered), n=1)
-        hint = (f"; did you mean {close[0]!r}?" if close else
-                f" (mergekit's two-parent methods: {', '.join(two_parent_methods())})")
+        hint = did_you_mean(name, list(registered), list_options=False) or (
+            f" (mergekit's two-parent methods: {', '.join(two_parent_methods())})")
         raise ValueError(f"unknown merge method {name!r}{hint}")
     return describe(registered[name])

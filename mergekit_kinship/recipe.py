@@ -18,42 +18,19 @@ touches weights or the network.
 
 from __future__ import annotations
 
-import difflib
-import re
-import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mergekit_kinship.errors import UserError
+from mergekit_kinship.errors import UserError, did_you_mean
 from mergekit_kinship.hub import is_hub_id, split_revision
 from mergekit_kinship.evaluation.settings import EvaluationSettings
 from mergekit_kinship.merge_methods import MergeMethodInfo, method_info
 from mergekit_kinship.metrics import canonical
 from mergekit_kinship.planner import STRATEGIES
-
-
-class _FieldError(ValueError):
-    """A validation error about ``path`` below the model that raises it (reported as its loc)."""
-
-    def __init__(self, path: Sequence[str], message: str):
-        super().__init__(message)
-        self.path = tuple(path)
-
-
-def _closest(word: str, options: Sequence[str]) -> Optional[str]:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return close[0] if close else None
-
-
-def _did_you_mean(word: str, options: Sequence[str]) -> str:
-    """'; did you mean 'x'?' for the closest of ``options``, else the options themselves."""
-    close = _closest(word, options)
-    if close:
-        return f"; did you mean {close!r}?"
-    return f" (valid: {', '.join(sorted(options))})" if options else " (it takes none)"
+from mergekit_kinship.recipe_errors import FieldError, format_validation_error, yaml_error_text
 
 
 # The paper's SLERP template (authors' notebook): t per layer, interpolated over the depth.
@@ -165,23 +142,23 @@ class MergeTemplate(BaseModel):
         info = self.spec
         for key in self.parameters:
             if key not in info.parameters:
-                raise _FieldError(("parameters", key), f"not a parameter of {self.method}"
-                                  + _did_you_mean(key, info.parameters))
+                raise FieldError(("parameters", key), f"not a parameter of {self.method}"
+                                  + did_you_mean(key, info.parameters))
         for key in self.model_parameters:
             if key not in info.per_model:
-                raise _FieldError(("model_parameters", key), f"not a per-model parameter of "
-                                  f"{self.method}" + _did_you_mean(key, info.per_model))
+                raise FieldError(("model_parameters", key), f"not a per-model parameter of "
+                                  f"{self.method}" + did_you_mean(key, info.per_model))
         for key in sorted(info.required):
             if key not in self.parameters and key not in self.model_parameters:
-                raise _FieldError(("parameters",), f"{self.method} needs parameter '{key}'")
+                raise FieldError(("parameters",), f"{self.method} needs parameter '{key}'")
         if self.use_base is not None and info.base != "optional":
-            raise _FieldError(("use_base",), f"{self.method} has no optional base_model "
+            raise FieldError(("use_base",), f"{self.method} has no optional base_model "
                               f"(its base_model is {_ROLE_TEXT[info.base]})")
         # mergekit binds an `input`-scoped parameter for base_model too, and the ancestor is no
         # parent: a required one given per parent only would fail in the middle of a merge.
         per_parent_only = sorted((info.base_takes & info.required) - set(self.parameters))
         if self.base_role == "ancestor" and per_parent_only:
-            raise _FieldError(("model_parameters", per_parent_only[0]), f"{self.method} also "
+            raise FieldError(("model_parameters", per_parent_only[0]), f"{self.method} also "
                               f"needs it for base_model (the ancestor): give it under parameters")
         return self
 
@@ -232,7 +209,7 @@ class References(BaseModel):
 
         for name in names:
             if name not in BASELINES:
-                raise ValueError(f"unknown baseline {name!r}" + _did_you_mean(name, list(BASELINES)))
+                raise ValueError(f"unknown baseline {name!r}" + did_you_mean(name, list(BASELINES)))
         if len(set(names)) != len(names):
             raise ValueError("a baseline is listed twice")
         return names
@@ -306,78 +283,6 @@ def _model_from_str(value, base_dir: Path = Path(".")):
     return {"hub": repo, **({"revision": revision} if revision else {})}
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    """One line for pydantic's errors: the first, or the first unknown key (a misspelled key is
-    also a missing one, e.g. evaluation.task and evaluation.tasks: the user wants the former)."""
-    errors = err.errors()
-    first = min(errors, key=lambda e: e["type"] != "extra_forbidden")
-    parts, holder = _walk_loc(first["loc"])
-    cause = (first.get("ctx") or {}).get("error")
-    parts += [str(p) for p in getattr(cause, "path", ())]
-    others = [e for e in errors if e is not first]
-    if first["type"] == "extra_forbidden" and holder is not None:
-        msg = "unknown key" + _did_you_mean(parts[-1], _keys(holder))
-        meant = (*first["loc"][:-1], _closest(parts[-1], _keys(holder)))
-        others = [e for e in others if not (e["type"] == "missing" and e["loc"] == meant)]
-    else:
-        msg = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(others)} more)" if others else ""
-    return f"{source}: {'.'.join(parts) or 'recipe'}: {msg}{more}"
-
-
-def _keys(model: type[BaseModel]) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def _walk_loc(loc) -> tuple[list[str], Optional[type[BaseModel]]]:
-    """The recipe path of a pydantic error location without pydantic's union tags ('float',
-    'list[ConditionalValue]', ...), and the model whose mapping holds the last key."""
-    ann: Any = Recipe
-    parts: list[str] = []
-    holder = None
-    for part in loc:
-        ann = _unwrap_optional(ann)
-        members = _union_members(ann)
-        if members is not None:  # a tag naming the union member that was tried
-            ann = next((m for m in members if _type_name(m) == part), None)
-            continue
-        if isinstance(part, str) and part.startswith(("function-", "union[")):
-            continue
-        parts.append(str(part))
-        origin, args = typing.get_origin(ann), typing.get_args(ann)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            holder = ann
-            field = ann.model_fields.get(part)
-            ann = field.annotation if field is not None else None
-        elif origin is list and args:
-            ann = args[0]
-        elif origin is dict and len(args) == 2:
-            ann = args[1]
-        else:
-            ann = None
-    return parts, holder
-
-
-def _union_members(ann) -> Optional[tuple]:
-    return typing.get_args(ann) if typing.get_origin(ann) is Union else None
-
-
-def _unwrap_optional(ann):
-    members = _union_members(ann)
-    if members is not None and type(None) in members:
-        rest = tuple(m for m in members if m is not type(None))
-        return rest[0] if len(rest) == 1 else Union[rest]
-    return ann
-
-
-def _type_name(ann) -> str:
-    """pydantic's tag for a union member: 'float', 'list[float]', 'ConditionalValue'."""
-    args = typing.get_args(ann)
-    if typing.get_origin(ann) is not None and args:
-        return f"{typing.get_origin(ann).__name__}[{', '.join(_type_name(a) for a in args)}]"
-    return getattr(ann, "__name__", str(ann))
-
-
 def parse_recipe(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
     """Validate a recipe mapping; relative paths are resolved against ``base_dir``.
 
@@ -395,7 +300,7 @@ def parse_recipe(data: Any, base_dir: Path, source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        raise UserError(_format_error(source, err)) from None
+        raise UserError(format_validation_error(source, err, Recipe)) from None
     check_top_k(recipe, source)
     for spec in [recipe.base, *recipe.models]:
         if spec.path is not None:
@@ -430,20 +335,3 @@ def load_recipe(path: str | Path) -> Recipe:
     except yaml.YAMLError as err:
         raise UserError(f"{path}: {yaml_error_text(err)}") from None
     return parse_recipe(data, path.parent, source=str(path))
-
-
-def yaml_error_text(err: yaml.YAMLError) -> str:
-    """One line for a YAML syntax error, with the line and column (1-based) PyYAML reports."""
-    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
-    if context and context_mark is not None and context_mark is not mark:
-        problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
-    return f"{where}not valid YAML: {problem}"
-
-
-def missing_local_models(recipe: Recipe) -> list[str]:
-    """Local model folders of the recipe that do not exist (yet)."""
-    return [s.path for s in [recipe.base, *recipe.models]
-            if s.path is not None and not Path(s.path, "config.json").is_file()]

@@ -86,7 +86,7 @@ def test_errors_name_the_field(tmp_path, data, field):
      "merge.tokenizer.sorce: unknown key; did you mean 'source'?"),
     (minimal(merge={"parameters": {"t": [{"filtr": "mlp", "value": 0.5}]}}),
      "merge.parameters.t.0.filtr: unknown key; did you mean 'filter'?"),
-    (minimal(zzzz=1), "zzzz: unknown key (valid: base, evaluation, merge, metric, models, seed, "
+    (minimal(zzzz=1), "zzzz: unknown key (valid: base, evaluation, merge, metric, models, references, seed, "
                       "stopping, strategy, top_k)"),
 ])
 def test_unknown_keys_name_the_closest_valid_key(tmp_path, data, message):

@@ -20,7 +20,6 @@ lm-eval is imported inside the functions, never at module level, so importing th
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import importlib.util
 import os
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from mergekit_kinship.errors import UserError
+from mergekit_kinship.errors import UserError, did_you_mean
 from mergekit_kinship.evaluation.settings import EvaluationSettings, include_dir
 
 
@@ -122,11 +121,6 @@ def resolve_metric_key(task: str, metric: str, reported: list[str]) -> str:
     )
 
 
-def _did_you_mean(name: str, candidates) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def validate_evaluation(settings: EvaluationSettings) -> None:
     """Check the settings against lm-eval's task index without loading any model or dataset.
 
@@ -144,7 +138,7 @@ def validate_evaluation(settings: EvaluationSettings) -> None:
         if task not in manager.task_index:
             where = f" or in {settings.include_path}" if settings.include_path else ""
             raise UserError(f"evaluation.tasks: unknown lm-eval task {task!r} (not in lm-eval{where})"
-                            + _did_you_mean(task, names.subtasks | names.groups))
+                            + did_you_mean(task, names.subtasks | names.groups, list_options=False))
         if task in names.tags:
             raise UserError(
                 f"evaluation.tasks: {task!r} is an lm-eval tag with no score of its own; "
@@ -156,7 +150,7 @@ def validate_evaluation(settings: EvaluationSettings) -> None:
             if task not in settings.tasks:
                 raise UserError(
                     f"evaluation.{field_name}: {task!r} is not one of evaluation.tasks "
-                    f"({', '.join(settings.tasks)})" + _did_you_mean(task, settings.tasks)
+                    f"({', '.join(settings.tasks)})" + did_you_mean(task, settings.tasks, list_options=False)
                 )
     for task in settings.tasks:
         reported = _reported_metrics(manager, task)

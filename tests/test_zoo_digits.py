@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mergekit_kinship.cli import main
+from mergekit_kinship.errors import UserError
 from mergekit_kinship.zoo import FAMILIES, FamilyConfig, Stage, build_family, evaluation_settings
-from mergekit_kinship.zoo.skills import GENERATORS, eval_items, held_out_prompts, training_stream
+from mergekit_kinship.zoo.skills import GENERATORS, held_out_prompts, training_stream
 from mergekit_kinship.zoo.taskfiles import task_files
 from mergekit_kinship.zoo.train import SEQ_LEN
 
@@ -69,8 +70,8 @@ def test_a_child_rehearses_its_bases_mix():
     """``replay`` draws from the base's training mix: the built-in family's four skills (as
     before the zoo had two families), the digits family's four digit skills (not ``shift``, which
     its base never saw)."""
-    assert FamilyConfig.of("builtin").rehearsal == FAMILIES["builtin"].skills
-    digit_mix = FamilyConfig.of("digits").rehearsal
+    assert FamilyConfig().rehearsal == FAMILIES["builtin"].skills
+    digit_mix = FamilyConfig(family="digits").rehearsal
     assert digit_mix == tuple(s for s in DIGITS.skills if s != "shift")
     held_out = held_out_prompts()
     assert held_out >= held_out_prompts(DIGITS.skills) | held_out_prompts(FAMILIES["builtin"].skills)
@@ -117,8 +118,11 @@ def test_same_seed_same_weights_and_its_own_initialisation(tmp_path):
 
     digits_init, builtin_init = untrained("digits", "odd"), untrained("builtin", "sort")
     assert not any(v.equal(digits_init[k]) for k, v in builtin_init.items() if "norm" not in k)
-    with pytest.raises(Exception, match="not all skills of the digits family"):
+    assert FamilyConfig(family="digits").stages == DIGITS.stages  # its own recipe by default
+    with pytest.raises(UserError, match="not all skills of the digits family"):
         FamilyConfig(family="digits", stages=(Stage("base", None, ("sort",), 1, 1e-3),))
+    with pytest.raises(UserError, match="unknown family 'letters'"):
+        build_family(tmp_path / "x", family="letters", progress=False)
 
 
 @pytest.fixture(scope="module")

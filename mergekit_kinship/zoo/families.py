@@ -82,16 +82,17 @@ def _digits() -> FamilyDef:
 
     - the base sees the four digit skills for 300 steps (at 200 it was too weak for any merge to
       gain, at 400 it mastered them all), so it is mediocre at most of them;
-    - each digit child trains on its skill with 20 % rehearsal of the base's mix (at lr 1.5e-3:
-      at 2e-3 the best pair's merge fell below the best child), siblings of moderate kinship;
+    - each digit child trains like the built-in family's (200 steps, 20 % rehearsal of the
+      base's mix): best at its skill, siblings of moderate kinship; a SLERP of two children can
+      beat their mean, though none beats the strongest child (``increment``);
     - ``shift``, the letter skill shared with the built-in family, is new to the base, and its
-      child trains without rehearsal: it moves away from all its siblings share (kinship about
-      zero, slightly negative) and forgets much of the digit skills;
+      child trains without rehearsal: it moves away from all its siblings share (kinship
+      slightly negative), forgets much of the digit skills, and merges with it lose;
     - the grandchild ``increment_double`` continues ``increment`` on increment + double.
     """
     digit_skills = ("increment", "double", "odd", "swap")
     stages = [Stage("base", None, digit_skills, steps=300, lr=2e-3)]
-    stages += [Stage(s, "base", (s,), steps=200, lr=1.5e-3, replay=0.2) for s in digit_skills]
+    stages += [Stage(s, "base", (s,), steps=200, lr=2e-3, replay=0.2) for s in digit_skills]
     stages.append(Stage("shift", "base", ("shift",), steps=200, lr=2e-3))
     stages.append(Stage("increment_double", "increment", ("increment", "double"), steps=100,
                         lr=1e-3))

@@ -45,18 +45,15 @@ class FamilyConfig:
     seed: int = 0
     batch: int = 32
     shape: dict = field(default_factory=lambda: _shape().to_dict())
-    stages: tuple[Stage, ...] = field(default_factory=default_stages)
+    stages: tuple[Stage, ...] | None = None  # None: the family's own (FamilyDef.stages)
     family: str = BUILTIN  # which family of the zoo: its skills, tasks and recipe
 
-    @classmethod
-    def of(cls, family: str = BUILTIN, seed: int = 0) -> "FamilyConfig":
-        """The named family's own recipe (its default stages)."""
-        return cls(seed=seed, stages=family_def(family).stages, family=family)
-
     def __post_init__(self):
-        known = set(self.definition.skills)
+        if self.stages is None:
+            object.__setattr__(self, "stages", self.definition.stages)
+        known = self.definition.skills
         for stage in self.stages:
-            if not set(stage.skills) <= known:
+            if not set(stage.skills) <= set(known):
                 raise UserError(f"stage '{stage.name}': skills {', '.join(stage.skills)} are not "
                                 f"all skills of the {self.family} family ({', '.join(known)})")
 
@@ -196,10 +193,10 @@ def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
     Either way the built-in recipe is written into the family as ``recipe.yaml``
     (:mod:`mergekit_kinship.zoo.builtin_recipe`; not for a family lacking a member it names).
     ``config`` overrides the recipe (tests build a reduced family with it); ``seed`` and
-    ``family`` are ignored when ``config`` is given. Progress (one tqdm bar over all training steps) goes to stderr.
-    Takes about a minute on 2 CPU cores and ~10 MB of disk.
+    ``family`` are ignored when ``config`` is given. Progress (one tqdm bar over all training
+    steps) goes to stderr. Takes under a minute on 2 CPU cores and ~10 MB of disk per family.
     """
-    config = config or FamilyConfig.of(family, seed)
+    config = config or FamilyConfig(seed=seed, family=family)
     config_hash = config.hash()
     folder = config.definition.cache_folder(config_hash)
     root = Path(out_dir) if out_dir is not None else default_cache_dir() / folder

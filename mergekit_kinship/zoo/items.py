@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import random
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 LETTERS = string.ascii_lowercase
 DIGITS = string.digits
 # Every character a prompt or answer may contain; the tokenizer's vocabulary is built from it.
+# "+" is used by no skill today; it stays, as the vocabulary decides every model's shape.
 ALPHABET = LETTERS + DIGITS + " =+"
 
 # A skill: rng -> (prompt, answer, three distractors).
-Generator = Callable[[random.Random], "tuple[str, str, list[str]]"]
+Generator = Callable[[random.Random], tuple[str, str, list[str]]]
 
 
 @dataclass(frozen=True)

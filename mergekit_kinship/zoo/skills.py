@@ -16,7 +16,7 @@ from mergekit_kinship.zoo.digit_skills import DIGIT_SKILLS
 from mergekit_kinship.zoo.items import ALPHABET, Generator, Item
 from mergekit_kinship.zoo.letter_skills import LETTER_SKILLS
 
-__all__ = ["ALPHABET", "GENERATORS", "Item", "SKILLS", "eval_items", "held_out_prompts",
+__all__ = ["ALPHABET", "GENERATORS", "SKILLS", "Item", "eval_items", "held_out_prompts",
            "make_item", "training_stream"]
 
 # skill name -> generator, for every skill of every family of the zoo.

@@ -77,7 +77,7 @@ def train(model, tokenizer, skills: list[str], *, steps: int, lr: float, batch: 
           replay: float = 0.0, rehearsal: tuple[str, ...] = (), progress=None) -> list[float]:
     """Fine-tune ``model`` in place on ``skills`` (uniform mix); returns the loss of every step.
 
-    ``replay`` is the fraction of texts drawn from ``rehearsal``, the family's skills (see
+    ``replay`` is the fraction of texts drawn from ``rehearsal``, the base's training mix (see
     :func:`~mergekit_kinship.zoo.skills.training_stream`). AdamW with a 10 % linear warm-up and
     linear decay to zero; no held-out evaluation prompt of any skill of the zoo is trained on.
     ``progress`` is an optional tqdm bar advanced once per step.

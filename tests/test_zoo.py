@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from mergekit_kinship.cli import main
 from mergekit_kinship.zoo import FamilyConfig, Stage, build_family, evaluation_settings
-from mergekit_kinship.zoo.skills import SKILLS, eval_items, held_out_prompts, training_stream
+from mergekit_kinship.zoo.skills import (
+    GENERATORS, SKILLS, eval_items, held_out_prompts, training_stream)
 from mergekit_kinship.zoo.taskfiles import TASKS_DIR, task_files
 
 # How each skill maps its input to the answer, written independently of zoo.skills.
@@ -40,8 +41,8 @@ def test_shipped_tasks_match_the_generator_and_are_unambiguous():
 
 
 def test_training_never_sees_an_evaluation_prompt():
-    held_out = held_out_prompts()
-    assert len(held_out) == sum(len(eval_items(s)) for s in SKILLS)
+    held_out = held_out_prompts()  # every skill of the zoo's
+    assert len(held_out) == sum(len(eval_items(s)) for s in GENERATORS)
     stream = training_stream(list(SKILLS), random.Random(0), held_out)
     texts = [next(stream) for _ in range(5000)]
     assert not {p for p, _ in texts} & held_out

@@ -1,13 +1,16 @@
-"""The built-in toy family: a tiny Llama base, one fine-tuned child per synthetic skill and a
-grandchild, plus one lm-eval task per skill (``zoo/tasks``), all built on CPU in about a minute.
+"""The zoo: toy families of tiny Llama fine-tunes, each with one lm-eval task per skill, all built
+on CPU in about a minute. ``builtin`` (the demo's: four letter skills) and ``digits`` (four digit
+skills and one letter skill, for measurements on a second family): :mod:`.families`.
 
 >>> fam = build_family()                     # cached in default_cache_dir(), reused when built
 >>> fam.base, fam.children["reverse"], fam.task_names
 >>> fam.root / "recipe.yaml"                 # the built-in recipe: mergekit-kinship plan / evolve it
 >>> builtin_recipe(fam)                      # the same as a mapping (what the demo runs)
+>>> build_family(family="digits")            # the second family, its recipe.yaml likewise
 """
 
 from mergekit_kinship.zoo.builtin_recipe import builtin_recipe, evaluation_settings
+from mergekit_kinship.zoo.families import FAMILIES
 from mergekit_kinship.zoo.family import (
     Family,
     FamilyConfig,
@@ -17,6 +20,7 @@ from mergekit_kinship.zoo.family import (
 )
 
 __all__ = [
+    "FAMILIES",
     "Family",
     "FamilyConfig",
     "Stage",

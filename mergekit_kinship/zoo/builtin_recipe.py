@@ -1,5 +1,5 @@
 """The built-in family's recipe: one file, ``builtin-family.yaml`` beside this module (package
-data), rendered for a built family.
+data), rendered for a built family of the zoo.
 
 >>> family = build_family()
 >>> data = builtin_recipe(family)        # the recipe mapping, with the family's absolute paths
@@ -11,7 +11,12 @@ data), rendered for a built family.
 :func:`write_recipe` writes it into the family folder (build_family does so for every family it
 returns), so users run the same recipe with ``plan`` and ``evolve``.
 
-Only yaml and the standard library are imported here.
+Another family of the zoo (``digits``) gets the same file with its own members and tasks: the
+search (k, strategy, merge template, stopping, seed) and the evaluation settings are the built-in
+recipe's, so two families are measured alike; ``models`` becomes the family's members in build
+order and ``evaluation.tasks`` / ``metrics`` / ``include_path`` its tasks.
+
+Only yaml, the standard library and the zoo's pure-Python definitions are imported here.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import yaml
 
 from mergekit_kinship.atomic_io import write_text
 from mergekit_kinship.errors import UserError
+from mergekit_kinship.zoo.families import BUILTIN, METRIC, FamilyDef, family_def
 
 if TYPE_CHECKING:
     from mergekit_kinship.zoo.family import Family
@@ -36,19 +42,28 @@ def recipe_template() -> dict:
     return yaml.safe_load(RECIPE_FILE.read_text(encoding="utf-8"))
 
 
-def _evaluation(template: dict) -> dict:
+def _evaluation(template: dict, definition: FamilyDef) -> dict:
     evaluation = dict(template["evaluation"])
-    evaluation["include_path"] = str((RECIPE_FILE.parent / evaluation["include_path"]).resolve())
+    if definition.name == BUILTIN:
+        evaluation["include_path"] = str((RECIPE_FILE.parent / evaluation["include_path"]).resolve())
+    else:
+        tasks = definition.task_names
+        evaluation.update(include_path=str(definition.tasks_dir.resolve()), tasks=tasks,
+                          metrics={task: METRIC for task in tasks})
     return evaluation
 
 
 def builtin_recipe(family: "Family") -> dict:
-    """The built-in recipe for ``family``: the file with the family's absolute paths.
+    """The built-in recipe for ``family``: the file with the family's absolute paths (and, for
+    another family of the zoo, its members and tasks).
 
     Raises :class:`UserError` when the family lacks a member the recipe names (a family built
     from another :class:`~mergekit_kinship.zoo.family.FamilyConfig`).
     """
     data = recipe_template()
+    definition = family_def(family.name)
+    if definition.name != BUILTIN:
+        data["models"] = list(family.models)
     members = {"base": family.base, **family.models}
 
     def folder(name: str) -> str:
@@ -59,13 +74,13 @@ def builtin_recipe(family: "Family") -> dict:
 
     data["base"] = folder(data["base"])
     data["models"] = [folder(name) for name in data["models"]]
-    data["evaluation"] = _evaluation(data)
+    data["evaluation"] = _evaluation(data, definition)
     return data
 
 
-def evaluation_settings() -> dict:
-    """The built-in recipe's ``evaluation`` section, ``include_path`` absolute: how any model of
-    the family (or a merge of its members) is scored.
+def evaluation_settings(family: str = BUILTIN) -> dict:
+    """The ``evaluation`` section of ``family``'s recipe, ``include_path`` absolute: how any
+    model of the family (or a merge of its members) is scored.
 
     Keys are :class:`~mergekit_kinship.evaluation.EvaluationSettings` fields (``tasks``,
     ``metrics``, ``num_fewshot``, ``batch_size``, ``model_args``, ``include_path``). To score
@@ -73,20 +88,22 @@ def evaluation_settings() -> dict:
     ``include_defaults=False`` (indexing lm-eval's thousands of built-in tasks costs seconds);
     the fitness is the unweighted mean of each task's metric.
     """
-    return _evaluation(recipe_template())
+    return _evaluation(recipe_template(), family_def(family))
 
 
 def render(family: "Family") -> str:
     """The text of ``family``'s recipe.yaml: :func:`builtin_recipe` under a header that says
     where it comes from and how to run it."""
     path = Path(family.root) / RECIPE_NAME
+    what = ("The built-in recipe with this family's paths" if family.name == BUILTIN else
+            f"The built-in recipe on the {family.name} family's members and tasks")
     header = [
-        "# The built-in recipe with this family's paths, written by build_family (which rewrites",
+        f"# {what}, written by build_family (which rewrites",
         "# it: to change a setting, edit a copy). What each key means, in the source:",
         f"#   {RECIPE_FILE}",
         "# Run it:",
-        f"#   mergekit-kinship plan   {path} --run-dir runs/builtin --dry-run",
-        f"#   mergekit-kinship evolve {path} --run-dir runs/builtin",
+        f"#   mergekit-kinship plan   {path} --run-dir runs/{family.name} --dry-run",
+        f"#   mergekit-kinship evolve {path} --run-dir runs/{family.name}",
     ]
     body = yaml.safe_dump(builtin_recipe(family), sort_keys=False, default_flow_style=False)
     return "\n".join(header) + "\n\n" + body

@@ -1,6 +1,7 @@
-"""Build (or reuse) the built-in family: one base, one child per skill, one grandchild.
+"""Build (or reuse) a family of the zoo: one base, one child per skill, a grandchild.
 
-Layout of a family folder::
+Which family (its skills, stages, tasks) is data in :mod:`~mergekit_kinship.zoo.families`; this
+module trains it and keeps it. Layout of a family folder::
 
     <root>/manifest.json        builder config, its hash, every model's parent and skills
     <root>/recipe.yaml          the built-in recipe with this family's paths (plan / evolve it)
@@ -28,41 +29,13 @@ from pathlib import Path
 
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.zoo.builtin_recipe import write_recipe
-from mergekit_kinship.zoo.skills import SKILLS
+from mergekit_kinship.zoo.families import BUILTIN, FamilyDef, Stage, default_stages, family_def
 
 # Bump when the build changes in a way the code fingerprint below cannot see (e.g. a dependency).
 BUILDER_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS_DIR = Path(__file__).parent / "tasks"
-TASK_PREFIX = "kinship_"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One model of the family: fine-tuned from ``parent`` on a uniform mix of ``skills``."""
-
-    name: str
-    parent: str | None  # None: trained from a fresh initialisation (the base)
-    skills: tuple[str, ...]
-    steps: int
-    lr: float
-    replay: float = 0.0  # fraction of texts drawn from all skills
-
-
-def default_stages() -> tuple[Stage, ...]:
-    """The family's recipe, calibrated on 2 CPU cores (numbers in the README's demo section):
-
-    - the base sees every skill briefly, so it is mediocre at most of them (room to improve);
-    - each child trains hard on one skill (plus 20 % rehearsal of all skills) and becomes the best
-      model at it while forgetting part of the others, so SLERP merges of two children can gain;
-    - the grandchild continues its parent's skill and adds a sibling's, so it stays close kin.
-    A weaker base (120 steps) made merges lose; a stronger one (300) left no room above it.
-    """
-    skills = tuple(SKILLS)
-    stages = [Stage("base", None, skills, steps=200, lr=2e-3)]
-    stages += [Stage(s, "base", (s,), steps=200, lr=2e-3, replay=0.2) for s in skills]
-    stages.append(Stage("reverse_sort", "reverse", ("reverse", "sort"), steps=100, lr=1e-3))
-    return tuple(stages)
+TASKS_DIR = family_def(BUILTIN).tasks_dir
+__all__ = ["Family", "FamilyConfig", "Stage", "build_family", "default_cache_dir", "default_stages"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +45,28 @@ class FamilyConfig:
     seed: int = 0
     batch: int = 32
     shape: dict = field(default_factory=lambda: _shape().to_dict())
-    stages: tuple[Stage, ...] = field(default_factory=default_stages)
+    stages: tuple[Stage, ...] | None = None  # None: the family's own (FamilyDef.stages)
+    family: str = BUILTIN  # which family of the zoo: its skills, tasks and recipe
+
+    def __post_init__(self):
+        if self.stages is None:
+            object.__setattr__(self, "stages", self.definition.stages)
+        known = self.definition.skills
+        for stage in self.stages:
+            if not set(stage.skills) <= set(known):
+                raise UserError(f"stage '{stage.name}': skills {', '.join(stage.skills)} are not "
+                                f"all skills of the {self.family} family ({', '.join(known)})")
+
+    @property
+    def definition(self) -> FamilyDef:
+        return family_def(self.family)
+
+    @property
+    def rehearsal(self) -> tuple[str, ...]:
+        """What a stage's ``replay`` draws from: the base's training mix (a fine-tune rehearses
+        what its base learnt, not a skill of the family the base never saw)."""
+        roots = [s for s in self.stages if s.parent is None]
+        return tuple(dict.fromkeys(skill for stage in roots for skill in stage.skills))
 
     def to_dict(self) -> dict:
         import torch  # results are bit-identical only within one torch release
@@ -81,6 +75,9 @@ class FamilyConfig:
             "builder_version": BUILDER_VERSION,
             "code": _code_fingerprint(),
             "torch": torch.__version__.split("+")[0],
+            "family": self.family,
+            "skills": list(self.definition.skills),
+            "init_offset": self.definition.init_offset,
             "seed": self.seed,
             "batch": self.batch,
             "shape": self.shape,
@@ -96,7 +93,8 @@ def _code_fingerprint() -> str:
     """Hash of the modules that decide the weights, so an edited skill never reuses a stale build."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in ("skills.py", "tokenizer.py", "train.py"):
+    for name in ("items.py", "letter_skills.py", "digit_skills.py", "skills.py", "tokenizer.py",
+                 "train.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -113,10 +111,6 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "mergekit-kinship"
 
 
-def task_name(skill: str) -> str:
-    return TASK_PREFIX + skill
-
-
 @dataclass
 class Family:
     """A built family on disk. All paths are absolute; ``models`` excludes the base."""
@@ -130,6 +124,7 @@ class Family:
     task_names: list[str]
     tasks_dir: Path = TASKS_DIR
     config_hash: str = ""
+    name: str = BUILTIN  # which family of the zoo (families.FAMILIES)
 
     @property
     def models(self) -> dict[str, Path]:
@@ -144,10 +139,11 @@ class Family:
             manifest["models"], manifest["skills"], manifest["config_hash"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"{root}: not a built family (no readable {MANIFEST})") from err
+        definition = family_def(manifest.get("family", BUILTIN))
         parent = {m["name"]: m["parent"] for m in manifest["models"] if m["parent"]}
         children = {n: root / n for n, p in parent.items() if p == "base"}
         grandchildren = {n: root / n for n, p in parent.items() if p != "base"}
-        skill_of = {m["name"]: task_name(m["skills"][0]) for m in manifest["models"]
+        skill_of = {m["name"]: definition.task_name(m["skills"][0]) for m in manifest["models"]
                     if m["parent"] == "base"}
         return cls(
             root=root,
@@ -156,8 +152,10 @@ class Family:
             grandchildren=grandchildren,
             parent=parent,
             skill_of=skill_of,
-            task_names=[task_name(s) for s in manifest["skills"]],
+            task_names=[definition.task_name(s) for s in manifest["skills"]],
+            tasks_dir=definition.tasks_dir,
             config_hash=manifest["config_hash"],
+            name=definition.name,
         )
 
 
@@ -183,20 +181,25 @@ def _lock(path: Path):
 
 
 def build_family(out_dir: str | os.PathLike | None = None, *, seed: int = 0,
-                 progress: bool = True, config: FamilyConfig | None = None) -> Family:
-    """Build the family into ``out_dir`` (default: ``default_cache_dir()/family-<hash>``).
+                 family: str = BUILTIN, progress: bool = True,
+                 config: FamilyConfig | None = None) -> Family:
+    """Build a family of the zoo into ``out_dir`` (default: a folder of ``default_cache_dir()``
+    named by the config's hash, ``family-<hash>`` for the built-in family).
+
+    ``family`` names the family (``"builtin"``, ``"digits"``: :data:`families.FAMILIES`).
 
     Reuses ``out_dir`` if it holds a finished family of the same config hash. A folder holding a
     family of another config is replaced; any other non-empty folder is refused (UserError).
     Either way the built-in recipe is written into the family as ``recipe.yaml``
     (:mod:`mergekit_kinship.zoo.builtin_recipe`; not for a family lacking a member it names).
-    ``config`` overrides the recipe (tests build a reduced family with it); ``seed`` is ignored
-    when ``config`` is given. Progress (one tqdm bar over all training steps) goes to stderr.
-    Takes about a minute on 2 CPU cores and ~10 MB of disk.
+    ``config`` overrides the recipe (tests build a reduced family with it); ``seed`` and
+    ``family`` are ignored when ``config`` is given. Progress (one tqdm bar over all training
+    steps) goes to stderr. Takes under a minute on 2 CPU cores and ~10 MB of disk per family.
     """
-    config = config or FamilyConfig(seed=seed)
+    config = config or FamilyConfig(seed=seed, family=family)
     config_hash = config.hash()
-    root = Path(out_dir) if out_dir is not None else default_cache_dir() / f"family-{config_hash}"
+    folder = config.definition.cache_folder(config_hash)
+    root = Path(out_dir) if out_dir is not None else default_cache_dir() / folder
     root = root.expanduser().resolve()
     if _matches(root, config_hash):
         return _opened(root)
@@ -251,7 +254,8 @@ def _build_into(folder: Path, config: FamilyConfig, config_hash: str, progress: 
         "complete": True,
         "config_hash": config_hash,
         "config": config.to_dict(),
-        "skills": list(SKILLS),
+        "family": config.family,
+        "skills": list(config.definition.skills),
         "models": records,
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -264,17 +268,18 @@ def _train_stages(folder: Path, config: FamilyConfig, tokenizer, shape, bar) -> 
 
     trained = {}
     records = []
+    family = config.definition
     with single_threaded(), bar:
         for i, stage in enumerate(config.stages):
             bar.set_postfix_str(stage.name)
             if stage.parent is None:
                 model = new_model(shape, len(tokenizer), tokenizer.pad_token_id,
-                                  tokenizer.eos_token_id, seed=config.seed)
+                                  tokenizer.eos_token_id, seed=config.seed + family.init_offset)
             else:
                 model = copy.deepcopy(trained[stage.parent])
             losses = train(model, tokenizer, list(stage.skills), steps=stage.steps, lr=stage.lr,
                            batch=config.batch, seed=config.seed * 1000 + i,
-                           replay=stage.replay, progress=bar)
+                           replay=stage.replay, rehearsal=config.rehearsal, progress=bar)
             trained[stage.name] = model
             model.save_pretrained(folder / stage.name)
             tokenizer.save_pretrained(folder / stage.name)

@@ -1,4 +1,4 @@
-"""A character-level tokenizer for the built-in family, saved beside every model.
+"""A character-level tokenizer for the zoo's families, saved beside every model.
 
 One token per character (a ``WordLevel`` model behind a ``Split("", "isolated")`` pre-tokenizer),
 wrapped in :class:`transformers.PreTrainedTokenizerFast` so that transformers, mergekit's
@@ -9,14 +9,14 @@ split falls exactly on the ``=`` of each item.
 
 from __future__ import annotations
 
-from mergekit_kinship.zoo.skills import ALPHABET
+from mergekit_kinship.zoo.items import ALPHABET
 
 PAD, UNK, EOS = "<pad>", "<unk>", "</s>"
 SPECIALS = [PAD, UNK, EOS]
 
 
 def vocabulary() -> dict[str, int]:
-    """Token -> id; specials first, then :data:`~mergekit_kinship.zoo.skills.ALPHABET` in order."""
+    """Token -> id; specials first, then :data:`~mergekit_kinship.zoo.items.ALPHABET` in order."""
     return {tok: i for i, tok in enumerate([*SPECIALS, *ALPHABET])}
 
 

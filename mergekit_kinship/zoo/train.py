@@ -1,4 +1,4 @@
-"""Create and fine-tune the tiny Llama models of the built-in family.
+"""Create and fine-tune the tiny Llama models of the zoo's families.
 
 Contract: float32 weights on CPU; each call is bit-reproducible for a given seed because the data
 order comes from a seeded :class:`random.Random`, the initialisation from ``torch.manual_seed`` and
@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 from mergekit_kinship.zoo.skills import held_out_prompts, training_stream
 
-# Longest text is "rev abcde=edcba" (15 characters); one slot spare.
+# Longest text is "rev abcde=edcba" (15 characters); one slot spare. Every skill's texts fit (a
+# test checks), and changing it would change every family's weights.
 SEQ_LEN = 16
 
 
@@ -73,17 +74,18 @@ def _batch(texts: list[tuple[str, str]], tokenizer):
 
 
 def train(model, tokenizer, skills: list[str], *, steps: int, lr: float, batch: int, seed: int,
-          replay: float = 0.0, progress=None) -> list[float]:
+          replay: float = 0.0, rehearsal: tuple[str, ...] = (), progress=None) -> list[float]:
     """Fine-tune ``model`` in place on ``skills`` (uniform mix); returns the loss of every step.
 
-    ``replay`` is the fraction of texts drawn from every skill (see
-    :func:`~mergekit_kinship.zoo.skills.training_stream`). AdamW with a 10 % linear warm-up and linear decay to zero; held-out evaluation prompts are
-    never trained on. ``progress`` is an optional tqdm bar advanced once per step.
+    ``replay`` is the fraction of texts drawn from ``rehearsal``, the base's training mix (see
+    :func:`~mergekit_kinship.zoo.skills.training_stream`). AdamW with a 10 % linear warm-up and
+    linear decay to zero; no held-out evaluation prompt of any skill of the zoo is trained on.
+    ``progress`` is an optional tqdm bar advanced once per step.
     """
     import torch
 
     rng = random.Random(f"train-{seed}-{'+'.join(skills)}")
-    stream = training_stream(skills, rng, held_out_prompts(), replay)
+    stream = training_stream(skills, rng, held_out_prompts(), replay, rehearsal)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     warmup = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -25,8 +25,9 @@ from mergekit_kinship.rundir import RunDir
 # the same search) may change between runs of one directory.
 SEARCH_FIELDS = ("base", "models", "merge", "strategy", "top_k", "metric", "seed")
 
-BUILD_HINT = ("if it is the built-in toy family, build it first: `mergekit-kinship demo`, or "
-              "`python -c \"from mergekit_kinship import build_family; build_family('DIR')\"`")
+BUILD_HINT = ("if it is one of the toy families, build it first: `mergekit-kinship demo`, or "
+              "`python -c \"from mergekit_kinship import build_family; build_family('DIR')\"`"
+              " (family='digits' for the second one)")
 
 
 def preflight(recipe: Recipe, *, run_dir: str | Path | None = None,
@@ -59,10 +60,11 @@ def check_models_exist(recipe: Recipe) -> None:
 
 
 def _looks_like_the_builtin_family(path: str) -> bool:
-    from mergekit_kinship.zoo.skills import SKILLS
+    """A folder named like a member of one of the zoo's families (base, reverse, increment ...)."""
+    from mergekit_kinship.zoo.families import FAMILIES
 
-    name = Path(path).name
-    return name == "base" or name in SKILLS or name == "reverse_sort"
+    members = {stage.name for family in FAMILIES.values() for stage in family.stages}
+    return Path(path).name in members
 
 
 def check_merge_template(recipe: Recipe) -> None:

@@ -1,8 +1,13 @@
 """The kinship metrics' names: one vocabulary for the CLI, the Python API, recipes and summaries.
 
-Canonical names are ``pcc``, ``cosine`` and ``euclidean``; ``cs``/``cos``, ``ed`` and
-``pearson`` are accepted everywhere as aliases (recipes written with the paper's ``cs``/``ed``
-keep working) and stored under the canonical name. Pure and cheap to import: no torch.
+Canonical names are ``pcc``, ``cosine``, ``euclidean`` and ``sign_conflict``; ``cs``/``cos``,
+``ed``, ``pearson`` and ``sign``/``sign-conflict`` are accepted everywhere as aliases (recipes
+written with the paper's ``cs``/``ed`` keep working) and stored under the canonical name. Pure and
+cheap to import: no torch.
+
+``euclidean`` and ``sign_conflict`` are distances for relatedness purposes: larger means less
+related, and a model's value with itself is 0 (its delta is at no distance from itself and never
+disagrees with itself in sign). ``pcc`` and ``cosine`` are similarities (1 with itself).
 """
 
 from __future__ import annotations
@@ -11,9 +16,14 @@ from typing import Iterable
 
 from mergekit_kinship.errors import UserError
 
-METRICS = ("pcc", "cosine", "euclidean")
-ALIASES = {"cs": "cosine", "cos": "cosine", "ed": "euclidean", "pearson": "pcc"}
-DISTANCES = frozenset({"euclidean"})  # larger = less related; the others are similarities
+METRICS = ("pcc", "cosine", "euclidean", "sign_conflict")
+# What kinship/matrix and kinship()/kinship_matrix() compute when no metric is named: every metric
+# (sign_conflict's counts cost a few per cent of a pass; BENCHMARKS.md has the figures).
+DEFAULT_METRICS = METRICS
+ALIASES = {"cs": "cosine", "cos": "cosine", "ed": "euclidean", "pearson": "pcc",
+           "sign": "sign_conflict", "sign-conflict": "sign_conflict"}
+DISTANCES = frozenset({"euclidean", "sign_conflict"})  # larger = less related
+FRACTIONS = frozenset({"sign_conflict"})  # in [0, 1]: printed with fixed decimals, like pcc
 
 
 def canonical(name: str) -> str:
@@ -46,7 +56,14 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def is_distance(metric: str) -> bool:
+    """Whether larger values mean less related (euclidean, sign_conflict)."""
     return canonical(metric) in DISTANCES
+
+
+def is_unbounded(metric: str) -> bool:
+    """Whether the metric has no fixed range (euclidean): printed to significant digits."""
+    key = canonical(metric)
+    return key in DISTANCES and key not in FRACTIONS
 
 
 def relatedness(metric: str, value: float) -> float:

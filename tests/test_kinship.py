@@ -98,10 +98,10 @@ def test_matrix_entries_equal_pairwise_runs(family, chunking):
     assert matrix.names == ["a", "b", "c", "a_bf16"]
     for i in range(4):
         assert matrix.values["pcc"][i][i] == 1.0 and matrix.values["cosine"][i][i] == 1.0
-        assert matrix.values["euclidean"][i][i] == 0.0
+        assert matrix.values["euclidean"][i][i] == 0.0 and matrix.values["sign_conflict"][i][i] == 0.0
         for j in range(i + 1, 4):
             pair = kinship(models[i], models[j], family["base"], progress=False).values
-            for metric in ("pcc", "cosine", "euclidean"):
+            for metric in ("pcc", "cosine", "euclidean", "sign_conflict"):
                 assert matrix.values[metric][i][j] == matrix.values[metric][j][i]
                 assert matrix.values[metric][i][j] == pytest.approx(pair[metric], rel=1e-12)
             assert_close({m: matrix.values[m][i][j] for m in pair}, dense_kinship(family["base"], models[i], models[j]))
@@ -260,15 +260,16 @@ def test_accumulator_fed_in_memory_equals_the_streaming_pass(family, tmp_path):
     assert acc.n_params() == matrix.n_params
     for i in range(3):
         for j in range(i + 1, 3):
-            for metric in ("pcc", "cosine", "euclidean"):
+            for metric in ("pcc", "cosine", "euclidean", "sign_conflict"):
                 assert acc.value(metric, i, j) == pytest.approx(matrix.values[metric][i][j], rel=1e-12)
-    assert_close({m: acc.value(m, 0, 1) for m in ("pcc", "cosine", "euclidean")},
+    assert_close({m: acc.value(m, 0, 1) for m in ("pcc", "cosine", "euclidean", "sign_conflict")},
                  dense_kinship(base, family["a"], family["b"]))
     assert acc.value("cs", 0, 1) == acc.value("cosine", 0, 1)  # the one metric vocabulary
     split = kinship(family["a"], family["b"], base, breakdown="module", progress=False)
     for group, entry in split.breakdown.items():
         assert acc.n_params(group) == entry["params"]
         assert acc.value("pcc", 0, 1, group) == pytest.approx(entry["pcc"], rel=1e-12)
+        assert acc.value("sign_conflict", 0, 1, group) == entry["sign_conflict"]  # exact counts
 
 
 def test_accumulator_rejects_what_it_cannot_compare(family):

@@ -8,7 +8,8 @@ streaming pass), merges the pair twice through mergekit, with the built-in recip
 ``base_model``, density 0.5, weight 1 each, mergekit's defaults otherwise), scores the parents and
 both merges with the recipe's lm-eval tasks, and prints one row per pair: PCC, sign conflict, each
 merge's gain over the parents' mean fitness, and TIES minus SLERP; then Pearson r (and p) of
-sign conflict and PCC against that difference. Everything is local and CPU-only (~2 minutes).
+sign conflict and PCC against that difference. Everything is local and CPU-only: 20 merges and
+25 evaluations, a few minutes on 2 idle cores (11 on a busy machine).
 """
 
 from __future__ import annotations

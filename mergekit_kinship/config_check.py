@@ -32,10 +32,10 @@ from mergekit_kinship.metrics import METRICS
 
 # Sign conflict from which a pair's deltas count as strongly conflicting. Unrelated deltas sit at
 # 0.5; for jointly normal deltas of PCC ρ it is arccos(ρ)/π, so 0.40 is ρ ≈ 0.31. Measured on the
-# built-in family (benchmarks/sign_conflict_methods.py, BENCHMARKS.md): of its 6 pairs at 0.40 or
-# more, TIES gained more than SLERP in 5 (by +0.063 fitness on average); the one near-duplicate
-# pair (0.12) gained from SLERP only; sign conflict tracked TIES − SLERP with r = +0.58 over the
-# 10 pairs (PCC: −0.52). Ten pairs are a hint, not a law: hence "may fit better".
+# built-in family (benchmarks/sign_conflict_methods.py, BENCHMARKS.md): TIES gained more than
+# SLERP for 8 of its 9 sibling pairs (sign conflict 0.38-0.44; 5 of the 6 at 0.40 or more) and
+# less for its near-duplicate pair (0.12); sign conflict tracked TIES − SLERP with r = +0.58 over
+# the 10 pairs (PCC: −0.52). Ten pairs are a hint, not a law: hence "may fit better".
 CONFLICT_THRESHOLD = 0.40
 
 
@@ -180,16 +180,15 @@ def pair_advice(pcc: Optional[float], conflict: Optional[float], *, method: str,
     clash = conflict is not None and conflict >= threshold
     said = []
     if near:
-        said.append(f"near-duplicates: PCC {pcc:.4f} is above {saturation:.2f} (the paper's "
-                    f"saturation, §4.4): merging them is unlikely to gain over either")
+        said.append(f"near-duplicates (PCC {pcc:.4f} > {saturation:.2f}, the paper's saturation, "
+                    f"§4.4): a merge of the two is unlikely to gain over either")
     if clash:
-        tail = (f"{method} elects one sign per weight, as suits them" if consensus else
-                f"averaged ({method}), much of them cancels: a sign-consensus method "
-                f"(ties, dare_ties) may fit better")
-        said.append(f"strongly conflicting deltas: sign conflict {conflict:.4f} is at least "
-                    f"{threshold:.2f}; {tail}")
+        tail = (f"{method} elects one sign per weight, which suits them" if consensus else
+                f"averaged by {method}, they partly cancel; a sign-consensus method (ties, "
+                f"dare_ties) may fit better")
+        said.append(f"strongly conflicting deltas (sign conflict {conflict:.4f} ≥ {threshold:.2f}): {tail}")
     if not said:
-        pcc_text = "undefined" if pcc is None else f"{pcc:.4f} <= {saturation:.2f}"
+        pcc_text = "undefined" if pcc is None else f"{pcc:.4f} ≤ {saturation:.2f}"
         conflict_text = "undefined" if conflict is None else f"{conflict:.4f} < {threshold:.2f}"
         said.append(f"no warning (PCC {pcc_text}, sign conflict {conflict_text})")
     return near, clash, "; ".join(said)

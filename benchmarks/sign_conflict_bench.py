@@ -10,7 +10,8 @@ children, and the 8-model matrix, each warm (files in the page cache) and cold (
 first). Every run is a fresh interpreter (``kinship_bench.measure``); the two variants alternate,
 ``--repeats`` times each, so that the load of a shared machine falls on both alike. The figure that
 counts is the ratio of the medians. ``--subchunk`` sets the CPU sub-chunk (elements per model
-reduced at once) in every run, to compare with an older default.
+reduced at once) in every run; ``--old-default`` adds a third variant to the alternation: without
+sign_conflict at the sub-chunk default before sign_conflict (2**18 / N, at least 65536 elements).
 """
 
 from __future__ import annotations
@@ -33,31 +34,43 @@ WITH = WITHOUT + ",sign_conflict"
 
 
 def case(kind: str, metrics: str, subchunk: int | None) -> dict:
-    setup = "import mergekit_kinship.kinship_accumulators as acc\n"
+    """A measurement for ``kb.measure``; its ``out`` holds the values and the process's CPU
+    seconds (every thread), a steadier figure than wall time on a shared machine."""
+    setup = "import time\nimport mergekit_kinship.kinship_accumulators as acc\n"
     if subchunk:
         setup += f"acc.CPU_SUBCHUNK = {subchunk}\n"
     if kind == "pair":
         setup += "from mergekit_kinship.streaming_kinship import kinship"
-        body = f"out = kinship(PATHS[1], PATHS[2], PATHS[0], metrics={metrics!r}, progress=False).values"
+        body = ("cpu0 = time.process_time()\n"
+                f"out = kinship(PATHS[1], PATHS[2], PATHS[0], metrics={metrics!r}, progress=False).values\n")
     else:
         setup += "from mergekit_kinship.streaming_kinship import kinship_matrix"
-        body = (f"r = kinship_matrix(PATHS[1:], PATHS[0], metrics={metrics!r}, progress=False)\n"
-                "out = {m: r.values[m][0][1] for m in r.metrics}")
-    return dict(setup=setup, body=body)
+        body = ("cpu0 = time.process_time()\n"
+                f"r = kinship_matrix(PATHS[1:], PATHS[0], metrics={metrics!r}, progress=False)\n"
+                "out = {m: r.values[m][0][1] for m in r.metrics}\n")
+    return dict(setup=setup, body=body + "out['cpu_seconds'] = time.process_time() - cpu0")
 
 
-def compare(kind: str, paths, cold: bool, repeats: int, subchunk: int | None) -> dict:
-    """Alternate the two variants ``repeats`` times; their walls, and the last values."""
-    walls: dict[str, list[float]] = {WITHOUT: [], WITH: []}
+OLD = "old"  # the variant without sign_conflict at the sub-chunk default before it
+
+
+def compare(kind: str, paths, cold: bool, repeats: int, subchunk: int | None, old: int | None) -> dict:
+    """Alternate the variants ``repeats`` times; their walls, and the last values."""
+    variants = {WITHOUT: (WITHOUT, subchunk), WITH: (WITH, subchunk)}
+    if old:
+        variants[OLD] = (WITHOUT, old)
+    walls: dict[str, list[float]] = {v: [] for v in variants}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
     out = {}
     for _ in range(repeats):
-        for metrics in (WITHOUT, WITH):
+        for variant, (metrics, sub) in variants.items():
             if not cold:
                 kb.read_all(paths)
-            result = kb.measure(case(kind, metrics, subchunk), paths, cold=cold)
-            walls[metrics].append(result["wall"])
-            out[metrics] = result["out"]
-    return {"walls": walls, "out": out}
+            result = kb.measure(case(kind, metrics, sub), paths, cold=cold)
+            walls[variant].append(result["wall"])
+            cpu[variant].append(result["out"].pop("cpu_seconds"))
+            out[variant] = result["out"]
+    return {"walls": walls, "cpu": cpu, "out": out}
 
 
 def main(argv=None) -> int:
@@ -66,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--children", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--subchunk", type=int, default=None, help="CPU sub-chunk (elements per model)")
+    ap.add_argument("--old-default", action="store_true",
+                    help="also time the pass without sign_conflict at the previous sub-chunk default")
     ap.add_argument("--skip-matrix", action="store_true")
     ap.add_argument("--write-md", action="store_true", help="write the table into BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -74,19 +89,23 @@ def main(argv=None) -> int:
     root = kb.WORK / ("kinship_quick" if args.quick else "kinship")
     paths = kb.write_family(cfg, args.children, root)
     rows = []
-    cases = [("pair", paths[:3], "kinship of 2 children")]
+    cases = [("pair", paths[:3], "kinship of 2 children", 2)]
     if not args.skip_matrix:
-        cases.append(("matrix", paths, f"{args.children}-model matrix"))
+        cases.append(("matrix", paths, f"{args.children}-model matrix", args.children))
     values = {}
-    for kind, use, label in cases:
+    for kind, use, label, n_models in cases:
+        old = max(65536, 2**18 // n_models) if args.old_default else None
         for cold in (False, True):
-            result = compare(kind, use, cold, args.repeats, args.subchunk)
-            w0, w1 = (statistics.median(result["walls"][m]) for m in (WITHOUT, WITH))
+            result = compare(kind, use, cold, args.repeats, args.subchunk, old)
+            walls = result["walls"]
+            w0, w1 = (statistics.median(walls[m]) for m in (WITHOUT, WITH))
+            c0, c1 = (statistics.median(result["cpu"][m]) for m in (WITHOUT, WITH))
             rows.append(dict(case=f"{label} ({'cold' if cold else 'warm cache'})", without=w0, with_=w1,
-                             min0=min(result["walls"][WITHOUT]), min1=min(result["walls"][WITH]),
-                             gbs=kb.model_bytes(use) / w1 / 1e9))
+                             min0=min(walls[WITHOUT]), min1=min(walls[WITH]), cpu0=c0, cpu1=c1,
+                             old=statistics.median(walls[OLD]) if old else None, old_sub=old))
             print(f"  {rows[-1]['case']:<36} without {w0:6.2f} s  with {w1:6.2f} s  "
-                  f"{(w1 / w0 - 1) * 100:+5.1f}%", file=sys.stderr, flush=True)
+                  f"{(w1 / w0 - 1) * 100:+5.1f}%" + (f"  old default {rows[-1]['old']:6.2f} s" if old else ""),
+                  file=sys.stderr, flush=True)
             values[kind] = result["out"][WITH]
     table = format_table(rows, cfg, args, values)
     print(table)
@@ -104,19 +123,25 @@ def format_table(rows, cfg, args, values) -> str:
 
     sub = args.subchunk or default_subchunk(2, torch.device("cpu"))
     pair = values.get("pair", {})
+    old = args.old_default
     lines = [
         f"Family of `kinship_bench.py`: {kb.n_params(cfg) / 1e9:.2f}B parameters per model, bf16, base + "
         f"{args.children} children. {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
         f"torch {torch.__version__}, CPU sub-chunk {sub} elements for 2 models; 1-minute load average "
         f"{os.getloadavg()[0]:.1f} at the end (a shared machine). Median (and best) of {args.repeats} "
-        "fresh-interpreter runs per variant, the two variants alternating.",
+        f"fresh-interpreter runs per variant, the variants alternating"
+        + ("; the last column: without sign_conflict at the previous sub-chunk default "
+           "(131072 elements for 2 models, 65536 for 8)." if old else "."),
         "",
-        f"| case | without sign_conflict (s) | with sign_conflict (s) | extra wall time | best without / with (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| case | without sign_conflict (s) | with sign_conflict (s) | extra wall time | best without / with (s) "
+        "| CPU without / with (s) | extra CPU time |" + (" previous default, without (s) |" if old else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if old else ""),
     ]
     for r in rows:
         lines.append(f"| {r['case']} | {r['without']:.2f} | {r['with_']:.2f} | "
-                     f"{(r['with_'] / r['without'] - 1) * 100:+.1f}% | {r['min0']:.2f} / {r['min1']:.2f} |")
+                     f"{(r['with_'] / r['without'] - 1) * 100:+.1f}% | {r['min0']:.2f} / {r['min1']:.2f} | "
+                     f"{r['cpu0']:.2f} / {r['cpu1']:.2f} | {(r['cpu1'] / r['cpu0'] - 1) * 100:+.1f}% |"
+                     + (f" {r['old']:.2f} |" if old else ""))
     if pair:
         lines += ["", "Values of child_1 and child_2 (with sign_conflict): "
                   + ", ".join(f"{m} {v:.6g}" for m, v in pair.items()) + "."]

@@ -17,9 +17,12 @@ from typing import Iterable
 from mergekit_kinship.errors import UserError
 
 METRICS = ("pcc", "cosine", "euclidean", "sign_conflict")
-# What kinship/matrix and kinship()/kinship_matrix() compute when no metric is named: every metric
-# (sign_conflict's counts cost a few per cent of a pass; BENCHMARKS.md has the figures).
-DEFAULT_METRICS = METRICS
+# What kinship/matrix and kinship()/kinship_matrix() compute when no metric is named. Not
+# sign_conflict: counting signs adds two passes over each sub-chunk's deltas, +19-30% wall time
+# (+28% CPU) to a pass on 2 CPU cores (BENCHMARKS.md); "all" (or naming it) asks for it. `check`
+# and evolve's pool always measure it.
+DEFAULT_METRICS = ("pcc", "cosine", "euclidean")
+ALL = "all"  # shorthand for every metric in parse_metrics
 ALIASES = {"cs": "cosine", "cos": "cosine", "ed": "euclidean", "pearson": "pcc",
            "sign": "sign_conflict", "sign-conflict": "sign_conflict"}
 DISTANCES = frozenset({"euclidean", "sign_conflict"})  # larger = less related
@@ -37,7 +40,8 @@ def canonical(name: str) -> str:
 
 
 def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
-    """Canonical metric names from ``"pcc,cs"`` or a sequence, each once, in the order given.
+    """Canonical metric names from ``"pcc,cs"`` or a sequence, each once, in the order given;
+    ``"all"`` stands for every metric.
 
     Raises :class:`UserError` for an unknown or empty list, before anything is read.
     """
@@ -46,6 +50,9 @@ def parse_metrics(metrics: str | Iterable[str]) -> tuple[str, ...]:
     out: list[str] = []
     for raw in metrics:
         if not str(raw).strip():
+            continue
+        if str(raw).strip().lower() == ALL:
+            out += [m for m in METRICS if m not in out]
             continue
         key = canonical(raw)
         if key not in out:

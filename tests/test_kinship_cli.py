@@ -36,8 +36,8 @@ def invoke(*args):
 
 
 def test_kinship_table_and_json_agree_with_the_api(fam):
-    api = kinship(fam["math"], fam["code"], fam["base"], progress=False)
-    table = invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "-q").stdout
+    api = kinship(fam["math"], fam["code"], fam["base"], metrics="all", progress=False)
+    table = invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "-q", "-m", "all").stdout
     assert table.splitlines()[0] == (
         f"kinship of math and code (deltas from base): {api.n_params:,} parameters in {api.n_tensors} tensors"
     )
@@ -45,7 +45,7 @@ def test_kinship_table_and_json_agree_with_the_api(fam):
                         ("sign_conflict", "{:.4f}")):
         line = next(l for l in table.splitlines() if l.startswith(metric))
         assert line.split()[1] == fmt.format(api.values[metric])
-    data = json.loads(invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "--json", "-q").stdout)
+    data = json.loads(invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "--json", "-q", "-m", "all").stdout)
     assert data == json.loads(json.dumps(api.to_dict()))
     for metric, ref in dense_kinship(fam["base"], fam["math"], fam["code"]).items():
         assert data["values"][metric] == pytest.approx(ref, rel=1e-9)

@@ -91,7 +91,7 @@ def test_zero_deltas_count_only_where_both_changed(tiny, reduction):
 @pytest.mark.parametrize("breakdown", ["layer", "module"])
 def test_breakdown_groups_count_their_own_tensors(tiny, breakdown):
     base, a, b = tiny["base"], tiny["a"], tiny["b"]
-    result = kinship(a, b, base, breakdown=breakdown, progress=False)
+    result = kinship(a, b, base, breakdown=breakdown, metrics="pcc,sign", progress=False)
     patterns = {"layer": {"layer 0": ["model.layers.0.*"], "head": ["lm_head.*"]},
                 "module": {"attention": ["*self_attn*"], "mlp": ["*.mlp.*"], "norm": ["*norm*"]}}[breakdown]
     for group, include in patterns.items():
@@ -156,3 +156,11 @@ def test_one_vocabulary_for_a_distance_in_zero_one():
     assert is_distance("sign_conflict") and self_kinship("sign_conflict") == 0.0
     assert relatedness("sign_conflict", 0.4) > relatedness("sign_conflict", 0.5)  # less conflict: closer
     assert metric_value(0.05, "sign_conflict") == "0.0500" and metric_value(0.05, "euclidean") == "0.05"
+
+
+def test_all_names_every_metric_and_the_default_leaves_sign_conflict_out(tiny):
+    from mergekit_kinship.metrics import DEFAULT_METRICS, METRICS, parse_metrics
+
+    assert parse_metrics("all") == METRICS and parse_metrics("sign, ALL") == ("sign_conflict", "pcc", "cosine", "euclidean")
+    result = kinship(tiny["a"], tiny["b"], tiny["base"], progress=False)
+    assert result.metrics == list(DEFAULT_METRICS) and "sign_conflict" not in result.values

@@ -145,6 +145,22 @@ def format_table(rows, cfg, args, values) -> str:
     if pair:
         lines += ["", "Values of child_1 and child_2 (with sign_conflict): "
                   + ", ".join(f"{m} {v:.6g}" for m, v in pair.items()) + "."]
+    walls = [(r["with_"] / r["without"] - 1) * 100 for r in rows]
+    cpus = [(r["cpu1"] / r["cpu0"] - 1) * 100 for r in rows]
+    lines += ["", "Reading:", "",
+              f"- extra CPU time with sign_conflict: {min(cpus):+.1f}% to {max(cpus):+.1f}%; extra wall "
+              f"time (medians): {min(walls):+.1f}% to {max(walls):+.1f}%.",
+              f"- issue 15's goal, at most 10% more wall time: "
+              + ("met in every row." if max(walls) <= 10 and max(cpus) <= 10 else
+                 "not met on this machine: the extra CPU time alone exceeds 10%." if max(cpus) > 10 else
+                 "not met in every row."),
+              "- sign counting is two more passes over each sub-chunk of float64 deltas (an in-place "
+              "clamp to sign codes, one more GEMM), so a pass that is CPU-bound (a warm page cache, "
+              "two cores shared with other jobs) pays about that much more; one that waits on the "
+              "disk, or reduces on a GPU, hides it."]
+    if args.old_default:
+        lines.append("- against the previous release's sub-chunk default (without sign_conflict): "
+                     + ", ".join(f"{r['case']} {r['old']:.2f} s" for r in rows) + ".")
     return "\n".join(lines)
 
 

@@ -18,9 +18,9 @@ from mergekit_kinship.errors import UserError
 
 METRICS = ("pcc", "cosine", "euclidean", "sign_conflict")
 # What kinship/matrix and kinship()/kinship_matrix() compute when no metric is named. Not
-# sign_conflict: counting signs adds two passes over each sub-chunk's deltas, +19-30% wall time
-# (+28% CPU) to a pass on 2 CPU cores (BENCHMARKS.md); "all" (or naming it) asks for it. `check`
-# and evolve's pool always measure it.
+# sign_conflict: counting signs adds two passes over each sub-chunk's deltas, 16-33% more CPU
+# time for a pass on 2 CPU cores (BENCHMARKS.md); "all" (or naming it) asks for it. `check` and
+# evolve's pool always measure it.
 DEFAULT_METRICS = ("pcc", "cosine", "euclidean")
 ALL = "all"  # shorthand for every metric in parse_metrics
 ALIASES = {"cs": "cosine", "cos": "cosine", "ed": "euclidean", "pearson": "pcc",

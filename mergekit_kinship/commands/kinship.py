@@ -23,7 +23,7 @@ def _metric_help() -> str:
         aliases = [a for a, c in ALIASES.items() if c == metric]
         names.append(f"{metric} ({', '.join(aliases)})" if aliases else metric)
     return (f"Comma-separated metrics: {', '.join(names)}; 'all' for every one (sign_conflict "
-            f"is not in the default: on a CPU it adds 20-30% to a pass).")
+            f"is not in the default: on a CPU it adds 15-35% to a pass).")
 
 
 _METRIC_HELP = _metric_help()

@@ -131,7 +131,10 @@ def _saturation_note(summary: RunSummary) -> Optional[str]:
 def _models_table(summary: RunSummary) -> str:
     models = summary.models
     top_k = set(summary.final_top_k())
-    metrics = studied_metrics(summary)  # the run's metric, then PCC and sign conflict beside it
+    # the run's metric, then PCC and sign conflict beside it (where the summary has them: a run
+    # from before sign conflict was measured has none)
+    metrics = [m for m in studied_metrics(summary) if m == summary.metric
+               or any(parents_kinship(model, m) is not None for model in models.values())]
     rows = []
     for model_id in run_order(summary):
         model = models[model_id]

@@ -101,7 +101,7 @@ def test_ties_with_per_model_gradients_takes_its_base_model_as_ancestor(fam):
     assert data["ancestor"] == "base" and "ties takes the models' deltas from it" in data["ancestor_source"]
     assert data["models"] == ["a", "b", "c", "twin"] and data["sign_consensus"] is True
     models = [fam[n] for n in data["models"]]
-    api = kinship_matrix(models, fam["base"], progress=False)
+    api = kinship_matrix(models, fam["base"], metrics="all", progress=False)
     assert data["matrix"]["values"] == json.loads(json.dumps(api.to_dict()["values"]))
     deltas = dict(zip(data["models"], dense_deltas(fam["base"], *models)))
     pairs = {(p["a"], p["b"]): p for p in data["pairs"]}

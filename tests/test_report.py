@@ -125,6 +125,8 @@ def test_report_needs_only_the_summary(tmp_path_factory, tmp_path):
     payload = json.loads(result.output)
     assert payload["report"] == str(out) and out.is_file()
     assert math.isclose(payload["top_k_mutual_pcc"], load_summary(alone).generations[-1].top_k_mutual_pcc)
+    assert list(payload["gain_study"]) == ["pcc", "sign_conflict"]
+    assert payload["gain_study"]["pcc"]["abs_gain"] == payload["kinship_vs_abs_gain"]
 
 
 def test_report_of_a_folder_without_a_run_is_a_user_error(tmp_path):

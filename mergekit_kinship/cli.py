@@ -16,10 +16,11 @@ import click
 from mergekit_kinship import __version__
 from mergekit_kinship.errors import UserError
 
-# command name -> "module:attribute". Pipeline order: kinship -> plan -> merge/evaluate -> report.
+# command name -> "module:attribute". Pipeline order: kinship (and check) -> plan -> merge/evaluate -> report.
 COMMANDS = {
     "kinship": "mergekit_kinship.commands.kinship:kinship_cmd",
     "matrix": "mergekit_kinship.commands.kinship:matrix_cmd",
+    "check": "mergekit_kinship.commands.check:check_cmd",
     "demo": "mergekit_kinship.commands.demo:demo_cmd",
     "plan": "mergekit_kinship.commands.plan:plan_cmd",
     "evolve": "mergekit_kinship.commands.evolve:evolve_cmd",

@@ -40,25 +40,42 @@ def parents_kinship(model: ModelEntry, metric: str) -> Optional[float]:
     return None
 
 
-def kinship_gain_points(summary: RunSummary) -> tuple[str, list[tuple[str, float, float]]]:
-    """(metric, [(model id, parents' kinship, gain)]) over every merge that has both."""
+def studied_metrics(summary: RunSummary) -> list[str]:
+    """The metrics set against merge gain: the run's kinship metric, PCC and sign conflict (the
+    pool measures all three for every pair), each once."""
+    return list(dict.fromkeys([summary.metric, "pcc", "sign_conflict"]))
+
+
+def kinship_gain_points(summary: RunSummary, metric: Optional[str] = None
+                        ) -> tuple[str, list[tuple[str, float, float]]]:
+    """(metric, [(model id, parents' kinship, gain)]) over every merge that has both; ``metric``
+    defaults to the run's."""
+    metric = metric or summary.metric
     points = []
     for model_id in merges(summary):
         model = summary.models[model_id]
-        kinship = parents_kinship(model, summary.metric)
+        kinship = parents_kinship(model, metric)
         if kinship is not None and model.gain is not None:
             points.append((model_id, float(kinship), float(model.gain)))
-    return summary.metric, points
+    return metric, points
 
 
-def kinship_gain_statistics(summary: RunSummary) -> dict[str, Any]:
-    """Pearson (r, p) of parents' kinship against the gain (``gain``) and against |gain|
-    (``abs_gain``) over all merges, each None with fewer than 3 merges; ``n`` merges; ``metric``."""
-    metric, points = kinship_gain_points(summary)
+def kinship_gain_statistics(summary: RunSummary, metric: Optional[str] = None) -> dict[str, Any]:
+    """Pearson (r, p) of parents' kinship under ``metric`` (default: the run's) against the gain
+    (``gain``) and against |gain| (``abs_gain``) over all merges, each None with fewer than 3
+    merges; ``n`` merges; ``metric``."""
+    metric, points = kinship_gain_points(summary, metric)
     kinship = [p[1] for p in points]
     return {"metric": metric, "n": len(points),
             "gain": pearson(kinship, [p[2] for p in points]),
             "abs_gain": pearson(kinship, [abs(p[2]) for p in points])}
+
+
+def kinship_gain_study(summary: RunSummary) -> list[dict[str, Any]]:
+    """:func:`kinship_gain_statistics` for each of :func:`studied_metrics` that some merge has
+    (a summary written before sign conflict was measured has none of it)."""
+    return [stats for stats in (kinship_gain_statistics(summary, m) for m in studied_metrics(summary))
+            if stats["n"] or stats["metric"] == summary.metric]
 
 
 def saturation(summary: RunSummary) -> dict[str, Any]:

@@ -16,12 +16,13 @@ def number(value: Optional[float], digits: int = 4, *, signed: bool = False,
 
 
 def metric_value(value: Optional[float], metric: str, *, missing: str = MISSING) -> str:
-    """A kinship value: 4 decimals for a similarity, 4 significant digits for a distance."""
-    from mergekit_kinship.metrics import is_distance
+    """A kinship value: 4 significant digits for an unbounded distance (euclidean), else 4
+    decimals (pcc, cosine, and sign_conflict, a fraction)."""
+    from mergekit_kinship.metrics import is_unbounded
 
     if value is None:
         return missing
-    return f"{value:.4g}" if is_distance(metric) else f"{value:.4f}"
+    return f"{value:.4g}" if is_unbounded(metric) else f"{value:.4f}"
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], *,

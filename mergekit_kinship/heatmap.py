@@ -3,7 +3,7 @@
 :func:`draw_heatmap` fixes how a kinship matrix looks wherever it is drawn:
 
 - colour map by metric kind: ``viridis`` for a similarity (pcc, cosine), ``viridis_r`` for a
-  distance (euclidean), so that the bright end always means "more related";
+  distance (euclidean, sign_conflict), so that the bright end always means "more related";
 - scale: the off-diagonal values' range (:func:`colour_limits`), so that the small differences
   between siblings stay visible; a caller may pass another matrix's limits (the report draws the
   final top-k on the pool's scale, so a colour means the same value in both);
@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mergekit_kinship.metrics import canonical, is_distance
+from mergekit_kinship.metrics import canonical, is_distance, is_unbounded
 
 GREY = "#d9d9d9"
 ANNOTATE_UP_TO = 16  # models; beyond, cell values are too small to read
@@ -28,6 +28,7 @@ DESCRIPTIONS = {
     "pcc": "PCC of deltas (higher = more related)",
     "cosine": "cosine of deltas (higher = more related)",
     "euclidean": "euclidean distance of deltas (lower = more related)",
+    "sign_conflict": "sign conflict of deltas (lower = more related)",
 }
 
 
@@ -55,7 +56,7 @@ def colour_limits(values: Sequence[Sequence[Optional[float]]]) -> tuple[float, f
 def _cell_text(value: Optional[float], metric: str) -> str:
     if value is None:
         return "–"
-    if is_distance(metric):
+    if is_unbounded(metric):
         return f"{value:.3g}"
     return f"{value:.2f}".replace("-0.00", "0.00")
 

@@ -26,6 +26,9 @@ from mergekit_kinship.models import Model, check_compatible, display_names, open
 BLOCK_BYTES = 8 * 1024 * 1024
 # Threads reducing blocks at once on the CPU (each block by one thread).
 MAX_WORKERS = 4
+# Metrics undefined for a zero delta.
+_NEED_A_DELTA = {"pcc", "cosine", "sign_conflict"}
+_NEED_A_DELTA_TEXT = "PCC, cosine and sign conflict"
 
 
 class KinshipWarning(UserWarning):
@@ -57,11 +60,11 @@ class KinshipPass:
 
 
 def _undefined(moments: Moments, row: int, name: str) -> UserError:
-    """The error for a row whose PCC or cosine is undefined."""
+    """The error for a row whose PCC, cosine or sign conflict is undefined."""
     if moments.is_zero(row):
         return UserError(
             f"model {name} is identical to the base over the compared tensors: its delta is zero, so "
-            "PCC and cosine are undefined (euclidean still works)"
+            f"{_NEED_A_DELTA_TEXT} are undefined (euclidean still works)"
         )
     return UserError(f"the delta of model {name} is constant over the compared tensors, so its PCC is undefined")
 
@@ -100,18 +103,17 @@ def run_pass(model_refs, base_ref, metrics, include, exclude, pairs, breakdown, 
             opened.append(models[-1])
         names = display_names(models)
         check_compatible(models, base)
-        if "pcc" in metrics or "cosine" in metrics:
+        if set(metrics) & _NEED_A_DELTA:
             for model, name in zip(models, names):
                 if model.path.resolve() == base.path.resolve():
-                    raise UserError(
-                        f"model {name} is the base itself: its delta is zero, so PCC and cosine are undefined"
-                    )
+                    raise UserError(f"model {name} is the base itself: its delta is zero, so "
+                                    f"{_NEED_A_DELTA_TEXT} are undefined")
         active = sorted({k for pair in pairs for k in pair})
         rows = [active.index(k) if k in active else -1 for k in range(len(models))]
         items, notes = select_tensors(base, models, names, active, include, exclude, breakdown)
         for note in notes:
             warnings.warn(note, KinshipWarning, stacklevel=3)
-        acc = KinshipAccumulator(len(active), [(rows[i], rows[j]) for i, j in pairs], dev)
+        acc = KinshipAccumulator(len(active), [(rows[i], rows[j]) for i, j in pairs], dev, metrics=metrics)
         sources = [base] + [models[i] for i in active]
         labels = [f"model {base.name}"] + [f"model {names[i]}" for i in active]
         _stream(items, sources, labels, acc, progress)

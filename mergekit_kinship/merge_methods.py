@@ -165,3 +165,11 @@ def method_info(name: str) -> MergeMethodInfo:
             f" (mergekit's two-parent methods: {', '.join(two_parent_methods())})")
         raise ValueError(f"unknown merge method {name!r}{hint}")
     return describe(registered[name])
+
+
+def sign_consensus_methods() -> frozenset[str]:
+    """The methods of mergekit's registry that elect one sign per parameter before combining
+    deltas (TIES' consensus: ``ties``, ``dare_ties``, ``breadcrumbs_ties``, ``della``), read from
+    each method's ``consensus_method``."""
+    return frozenset(name for name, method in _registered().items()
+                     if getattr(method, "consensus_method", None) is not None)

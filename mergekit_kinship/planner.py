@@ -62,8 +62,9 @@ class PoolState:
     generation); that order breaks ties everywhere, so the plan is deterministic.
     ``fitness``: model id -> fitness (higher is better) for every model of the pool.
     ``kinship``: lookup of the recipe metric between two pool models.
-    ``metric``: a name of :mod:`mergekit_kinship.metrics` (``pcc``, ``cosine``, ``euclidean`` or
-    an alias); a distance (``euclidean``: larger = less related) is turned around by
+    ``metric``: a name of :mod:`mergekit_kinship.metrics` (``pcc``, ``cosine``, ``euclidean``,
+    ``sign_conflict`` or an alias); a distance (``euclidean``, ``sign_conflict``: larger = less
+    related) is turned around by
     :func:`~mergekit_kinship.metrics.relatedness`.
     ``merged``: the parent pairs merged in earlier generations.
     """
@@ -87,7 +88,7 @@ def top_k(models: Sequence[str], fitness: Mapping[str, float], k: int) -> list[s
 def exploration_partner(best: str, state: PoolState,
                         exclude: frozenset[frozenset[str]] = frozenset()) -> Optional[str]:
     """The model of the whole pool least related to ``best`` (lowest PCC or cosine, largest
-    euclidean distance) that ``best`` has not been merged with (``state.merged``) and is not
+    euclidean distance or sign conflict) that ``best`` has not been merged with (``state.merged``) and is not
     paired with in ``exclude``. None when every model has been merged with ``best``."""
     scored = []
     for i, m in enumerate(state.models):

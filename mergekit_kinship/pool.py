@@ -84,7 +84,9 @@ class Pool:
             fingerprint = {**fingerprint, "evaluator": evaluator}
         self.cache = RunCache(rd, fingerprint)
         self.metric = canonical(recipe.metric)
-        self.metrics = sorted({self.metric, "pcc"})
+        # Measured for every pair: the recipe's metric, PCC (saturation) and sign conflict, so
+        # that each child records both beside each other and the report can set both against gain.
+        self.metrics = sorted({self.metric, "pcc", "sign_conflict"})
         self.models: dict[str, PoolModel] = {}
         self.failed: dict[str, PoolModel] = {}  # children skipped (evaluation.on_error)
         self.references: dict[str, PoolModel] = {}  # the base, one-shot baselines: not in the pool

@@ -4,8 +4,8 @@ A recipe is a YAML file validated up front by pydantic (``extra="forbid"`` every
 unknown key or a misspelled merge parameter is a one-line error that names its field and the
 closest valid name, even where mergekit itself would silently fall back to a default. Paths in a
 recipe are relative to the recipe file. ``metric`` takes the names of
-:mod:`mergekit_kinship.metrics` (``pcc``, ``cosine``, ``euclidean``, or an alias such as the
-paper's ``cs`` / ``ed``) and keeps the canonical one.
+:mod:`mergekit_kinship.metrics` (``pcc``, ``cosine``, ``euclidean``, ``sign_conflict``, or an
+alias such as the paper's ``cs`` / ``ed``) and keeps the canonical one.
 
 The merge section names any mergekit method that can merge two parents; its parameters, which of
 them are required and which model is ``base_model`` come from mergekit's own method specs
@@ -223,7 +223,7 @@ class Recipe(BaseModel):
     models: list[ModelSpec] = Field(min_length=2)
     top_k: int = Field(3, ge=2)
     strategy: str = "kinship"
-    metric: Literal["pcc", "cosine", "euclidean"] = "pcc"
+    metric: Literal["pcc", "cosine", "euclidean", "sign_conflict"] = "pcc"
     merge: MergeTemplate = Field(default_factory=MergeTemplate)
     evaluation: EvaluationSettings
     stopping: Stopping = Field(default_factory=Stopping)

@@ -9,7 +9,8 @@ Built from the run summary alone (:func:`mergekit_kinship.summary.load_summary`)
 - the family tree;
 - kinship between parents against merge gain over every merge of the run, with Pearson r and its
   two-sided p-value, against the signed gain and against |gain| (the paper's Table 2, on the
-  user's own run);
+  user's own run), for the run's metric, PCC and sign conflict side by side, so that the user
+  sees which of them tracks the gain on their run;
 - a saturation warning when the top-k's mutual PCC passes the threshold (the recipe's, or the
   paper's 0.9 when the recipe set none);
 - every model of the run, generation by generation in the order the run made them.
@@ -28,11 +29,12 @@ from typing import Optional
 from mergekit_kinship.atomic_io import write_text
 from mergekit_kinship.evaluation.describe import task_label
 from mergekit_kinship.findings import (
-    kinship_gain_statistics,
+    kinship_gain_study,
     merges,
     parents_kinship,
     run_order,
     saturation,
+    studied_metrics,
 )
 from mergekit_kinship.formatting import MISSING, metric_value, number
 from mergekit_kinship.report_figures import PAGE_WIDTH_PX
@@ -133,20 +135,38 @@ def _saturation_note(summary: RunSummary) -> Optional[str]:
 def _models_table(summary: RunSummary) -> str:
     models = summary.models
     top_k = set(summary.final_top_k())
+    # the run's metric, then PCC and sign conflict beside it (where the summary has them: a run
+    # from before sign conflict was measured has none)
+    metrics = [m for m in studied_metrics(summary) if m == summary.metric
+               or any(parents_kinship(model, m) is not None for model in models.values())]
     rows = []
     for model_id in run_order(summary):
         model = models[model_id]
-        kinship = parents_kinship(model, summary.metric)
+        kinship = [_e(metric_value(parents_kinship(model, m), m)) for m in metrics]
         notes = [note for note, on in (("best", model_id == summary.best),
                                        ("final top-k", model_id in top_k),
                                        ("exploration merge", model.exploration)) if on]
         rows.append([f"<code>{_e(model_id)}</code>", _e(model.name), str(model.generation),
                      _e(" × ".join(models[p].name for p in model.parents) or MISSING),
-                     _e(model.method or MISSING), _e(metric_value(kinship, summary.metric)),
+                     _e(model.method or MISSING), *kinship,
                      number(model.fitness), number(model.gain, signed=True), _e(", ".join(notes)),
                      str(len(summary.lineage(model_id)) - 1)])
-    return _table(["id", "name", "gen", "parents", "method", f"parents' kinship ({summary.metric})",
-                   "fitness", "gain", "notes", "ancestors"], rows, numeric=frozenset({2, 5, 6, 7, 9}))
+    k = len(metrics)
+    return _table(["id", "name", "gen", "parents", "method",
+                   *(f"parents' kinship ({m})" for m in metrics), "fitness", "gain", "notes", "ancestors"],
+                  rows, numeric=frozenset({2, *range(5, 7 + k), 8 + k}))
+
+
+def _gain_verdict(study: list[dict]) -> Optional[str]:
+    """Which studied metric's parents' values follow |gain| most closely on this run (largest
+    |r|), or None when fewer than two metrics have a correlation."""
+    rated = [(abs(s["abs_gain"][0]), s) for s in study if s["abs_gain"] is not None]
+    if len({s["metric"] for _, s in rated}) < 2:
+        return None
+    _, best = max(rated, key=lambda item: item[0])
+    r, p = best["abs_gain"]
+    return (f"On this run, |gain| follows the parents' {best['metric']} most closely "
+            f"(r = {r:+.3f}, p = {p:.3g}, {best['n']} merges).")
 
 
 def _references_table(summary: RunSummary) -> str:
@@ -208,21 +228,26 @@ def render_report(summary: RunSummary, title: Optional[str] = None,
     parts.append("<h2>Family tree</h2>")
     parts.append(_img(family_tree_figure(summary), "family tree", ""))
 
-    stats = kinship_gain_statistics(summary)
+    study = kinship_gain_study(summary)
     parts.append("<h2>Kinship against merge gain</h2>")
     parts.append(_img(kinship_gain_figure(summary), "kinship against gain",
                       "No merge has both a kinship and a gain yet."))
     stat_rows = []
-    for key, label in (("gain", "gain"), ("abs_gain", "|gain|")):
-        result = stats[key]
-        stat_rows.append([_e(f"{stats['metric'].upper()} vs {label}"), str(stats["n"]),
-                          number(result[0], signed=True) if result else MISSING,
-                          f"{result[1]:.3g}" if result else MISSING])
+    for stats in study:
+        for key, label in (("gain", "gain"), ("abs_gain", "|gain|")):
+            result = stats[key]
+            stat_rows.append([_e(f"{stats['metric']} vs {label}"), str(stats["n"]),
+                              number(result[0], signed=True) if result else MISSING,
+                              f"{result[1]:.3g}" if result else MISSING])
     parts.append(_table(["correlation", "merges", "Pearson r", "p (two-sided)"], stat_rows,
                         numeric=frozenset({1, 2, 3})))
+    verdict = _gain_verdict(study)
+    if verdict:
+        parts.append(f"<p>{_e(verdict)}</p>")
     parts.append('<p class="muted">The paper (Table 2) finds kinship predicts the size of a merge\'s '
-                 'gain (|gain|) rather than its sign. With few merges, p-values are wide: treat them '
-                 'as a hint.</p>')
+                 'gain (|gain|) rather than its sign. Sign conflict is a distance: where it tracks '
+                 'the gain, expect the sign of r opposite to PCC\'s. With few merges, p-values are '
+                 'wide: treat them as a hint.</p>')
 
     if summary.references:
         parts.append("<h2>References</h2>")

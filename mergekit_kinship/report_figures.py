@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from typing import Optional, Sequence
 
-from mergekit_kinship.findings import kinship_gain_points, kinship_gain_statistics
+from mergekit_kinship.findings import kinship_gain_points, kinship_gain_study
 from mergekit_kinship.summary import RunSummary
 
 PAGE_WIDTH_PX = 1100  # the report page's content width (its CSS max-width)
@@ -120,39 +120,48 @@ def pool_limits(summary: RunSummary) -> tuple[float, float]:
 
 def kinship_gain_figure(summary: RunSummary):
     """Parents' kinship against the gain and against |gain| over every merge, with the fitted
-    line and Pearson r, p; None when no merge has both."""
+    line and Pearson r, p: one row of two panels per metric of
+    :func:`~mergekit_kinship.findings.kinship_gain_study` that has points (the run's metric, PCC,
+    sign conflict); None when no merge has both a kinship and a gain."""
     import numpy as np
 
-    metric, points = kinship_gain_points(summary)
-    if not points:
+    rows = []
+    for stats in kinship_gain_study(summary):
+        metric, points = kinship_gain_points(summary, stats["metric"])
+        if points:
+            rows.append((metric, points, stats))
+    if not rows:
         return None
-    stats = kinship_gain_statistics(summary)
     exploration = {m for m, model in summary.models.items() if model.exploration}
-    fig = new_figure(MAX_WIDTH_IN, 3.8)
-    axes = fig.subplots(1, 2)
-    xs = np.array([p[1] for p in points])
-    marks = np.array([p[0] in exploration for p in points])
-    for ax, key, ys, ylabel in (
-        (axes[0], "gain", np.array([p[2] for p in points]), "gain over parents' mean"),
-        (axes[1], "abs_gain", np.array([abs(p[2]) for p in points]), "|gain|"),
-    ):
-        ax.scatter(xs[~marks], ys[~marks], color=_BLUE, label="greedy merge", zorder=2)
-        if marks.any():
-            ax.scatter(xs[marks], ys[marks], color=_GOLD, marker="D", label="exploration merge", zorder=2)
-        result = stats[key]
-        if result is not None:
-            slope, intercept = np.polyfit(xs, ys, 1)
-            grid = np.linspace(xs.min(), xs.max(), 50)
-            ax.plot(grid, slope * grid + intercept, color=_RED, lw=1)
-            ax.set_title(f"r = {result[0]:+.3f}, p = {result[1]:.3g} (n = {len(points)})", fontsize=10)
-        else:
-            ax.set_title(f"n = {len(points)}: too few merges for a correlation", fontsize=10)
-        if key == "gain":
-            ax.axhline(0, color="black", lw=0.6)
-        ax.set_xlabel(f"parents' kinship ({metric.upper()})")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=MIN_FONT_PT)
+    fig = new_figure(MAX_WIDTH_IN, 3.4 * len(rows) + 0.4)
+    axes = fig.subplots(len(rows), 2, squeeze=False)
+    for row, (metric, points, stats) in zip(axes, rows):
+        xs = np.array([p[1] for p in points])
+        marks = np.array([p[0] in exploration for p in points])
+        for ax, key, ys, ylabel in (
+            (row[0], "gain", np.array([p[2] for p in points]), "gain over parents' mean"),
+            (row[1], "abs_gain", np.array([abs(p[2]) for p in points]), "|gain|"),
+        ):
+            ax.scatter(xs[~marks], ys[~marks], color=_BLUE, label="greedy merge", zorder=2)
+            if marks.any():
+                ax.scatter(xs[marks], ys[marks], color=_GOLD, marker="D", label="exploration merge",
+                           zorder=2)
+            result = stats[key]
+            if result is not None:
+                slope, intercept = np.polyfit(xs, ys, 1)
+                grid = np.linspace(xs.min(), xs.max(), 50)
+                ax.plot(grid, slope * grid + intercept, color=_RED, lw=1)
+                ax.set_title(f"{metric}: r = {result[0]:+.3f}, p = {result[1]:.3g} (n = {len(points)})",
+                             fontsize=10)
+            else:
+                ax.set_title(f"{metric}, n = {len(points)}: too few merges for a correlation",
+                             fontsize=10)
+            if key == "gain":
+                ax.axhline(0, color="black", lw=0.6)
+            ax.set_xlabel(f"parents' {metric}")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=MIN_FONT_PT)
     fig.suptitle("Kinship against merge gain over all merges of the run", fontsize=11)
     fig.tight_layout()
     return fig

@@ -5,13 +5,16 @@ compared weight into one global vector (Hu et al., arXiv 2410.12613, §4.1). Kin
 
 - ``pcc``: Pearson correlation of δ_i and δ_j,
 - ``cosine``: signed cosine similarity of δ_i and δ_j,
-- ``euclidean``: ‖δ_i − δ_j‖ (a distance: larger means less related).
+- ``euclidean``: ‖δ_i − δ_j‖ (a distance: larger means less related),
+- ``sign_conflict``: over the elements where δ_i and δ_j are both non-zero, the fraction whose
+  signs differ (a distance in [0, 1]: the disagreement that TIES-style merges resolve by sign
+  election; about 0.5 for unrelated deltas, arccos(ρ)/π for jointly normal ones of PCC ρ).
 
-All three are global: computed from exact float64 moments of the whole vectors, never as averages
-of per-tensor values. One streaming pass reads each model's tensors once, whatever the number of
-pairs, in blocks of bounded size, and reduces each block to sums and a Gram matrix, hence to
-means, centred co-moments and squared distances, merged into running totals with Chan et al.'s
-pairwise formula. PCC never uses the cancelling ``Σxy/n − x̄ȳ`` over the whole vector, and
+All four are global: computed from exact float64 moments and exact integer counts of the whole
+vectors, never as averages of per-tensor values. One streaming pass reads each model's tensors
+once, whatever the number of pairs, in blocks of bounded size, and reduces each block to sums and
+a Gram matrix, hence to means, centred co-moments and squared distances (and sign counts), merged
+into running totals with Chan et al.'s pairwise formula. PCC never uses the cancelling ``Σxy/n − x̄ȳ`` over the whole vector, and
 squared distances that cancel (two near-identical models) are recomputed from the data.
 
 This module is the public API and its result types. The work is done below it:
@@ -32,16 +35,17 @@ from dataclasses import asdict, dataclass, field
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.kinship_selection import BREAKDOWNS, group_order
 from mergekit_kinship.kinship_stream import KinshipWarning, run_pass
-from mergekit_kinship.metrics import METRICS, parse_metrics, self_kinship
+from mergekit_kinship.metrics import DEFAULT_METRICS, parse_metrics, self_kinship
 
 __all__ = ["kinship", "kinship_matrix", "KinshipResult", "KinshipMatrix", "KinshipWarning"]
 
 
 @dataclass
 class KinshipResult:
-    """Kinship of two models. ``values[metric]`` is a float; ``breakdown`` (on request) maps a group
-    of tensors (``"embeddings"``, ``"layer 3"``, ``"attention"``, ``"head"`` ...) to its own values,
-    ``None`` where undefined (an unchanged group has no PCC)."""
+    """Kinship of two models. ``values[metric]`` is a float (``sign_conflict`` is None when no
+    element changed in both models); ``breakdown`` (on request) maps a group of tensors
+    (``"embeddings"``, ``"layer 3"``, ``"attention"``, ``"head"`` ...) to its own values, ``None``
+    where undefined (an unchanged group has no PCC)."""
 
     model_a: str
     model_b: str
@@ -60,7 +64,8 @@ class KinshipResult:
 @dataclass
 class KinshipMatrix:
     """Kinship of every requested pair of N models. ``values[metric]`` is an N×N list of lists:
-    diagonal 1.0 (pcc, cosine) or 0.0 (euclidean), ``None`` for pairs that were not requested."""
+    diagonal 1.0 (pcc, cosine) or 0.0 (euclidean, sign_conflict), ``None`` for pairs that were not
+    requested (or whose sign conflict is undefined: no element changed in both)."""
 
     names: list[str]
     base: str
@@ -99,7 +104,7 @@ def kinship(
     model_a,
     model_b,
     base,
-    metrics=METRICS,
+    metrics=DEFAULT_METRICS,
     include=None,
     exclude=None,
     breakdown: str | None = None,
@@ -141,7 +146,7 @@ def kinship(
 def kinship_matrix(
     models,
     base,
-    metrics=METRICS,
+    metrics=DEFAULT_METRICS,
     include=None,
     exclude=None,
     pairs=None,

@@ -44,7 +44,9 @@ def synthetic_summary(run_dir: Path) -> dict:
         models[model_id] = {"name": f"kin-{model_id}", "path": str(path) if path else None, "kind": "child",
                             "hub_id": None, "generation": generation, "parents": [a, b],
                             "exploration": exploration, "method": "slerp", "yaml": slerp_yaml(a, b),
-                            "parents_kinship": {"pcc": kinship}, "scores": scores, "fitness": fitness,
+                            # as evolve records them: PCC and sign conflict of the parents
+                            "parents_kinship": {"pcc": kinship, "sign_conflict": round(0.5 - kinship / 3, 4)},
+                            "scores": scores, "fitness": fitness,
                             "gain": fitness - (models[a]["fitness"] + models[b]["fitness"]) / 2}
 
     foundation("math", "org/math-7b", {"arith": 0.90, "words": 0.30})
@@ -206,11 +208,13 @@ def test_lineage_in_the_card_matches_the_run(run):
         expected = {models[m].name: [models[p].name for p in models[m].parents]
                     for m in summary.lineage(model_id) if models[m].parents}
         assert edges == expected, model_id
-        # One row per merge of the lineage, with its method and parents' kinship.
+        # One row per merge of the lineage, with its method and parents' kinship: PCC and sign
+        # conflict side by side.
         merges = [m for m in summary.lineage(model_id) if models[m].kind == "child"]
         table = text.split("### Merges in this lineage")[1].split("###")[0]
         for merge in merges:
-            kinship = f"pcc {models[merge].parents_kinship['pcc']:.4f}"
+            kin = models[merge].parents_kinship
+            kinship = f"pcc {kin['pcc']:.4f}, sign_conflict {kin['sign_conflict']:.4f}"
             assert re.search(rf"\| {re.escape(models[merge].name)}( \(exploration\))? \| "
                              rf"{models[merge].generation} \| slerp \|.*\| {kinship} \|", table), merge
         assert table.count("\n| ") == len(merges) + 1  # header row + one per merge

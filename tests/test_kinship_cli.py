@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mergekit_kinship.cli import main
+from mergekit_kinship.metrics import DEFAULT_METRICS
 from mergekit_kinship.streaming_kinship import kinship, kinship_matrix
 from tiny_models import build_base, dense_kinship, make_child
 
@@ -35,15 +36,16 @@ def invoke(*args):
 
 
 def test_kinship_table_and_json_agree_with_the_api(fam):
-    api = kinship(fam["math"], fam["code"], fam["base"], progress=False)
-    table = invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "-q").stdout
+    api = kinship(fam["math"], fam["code"], fam["base"], metrics="all", progress=False)
+    table = invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "-q", "-m", "all").stdout
     assert table.splitlines()[0] == (
         f"kinship of math and code (deltas from base): {api.n_params:,} parameters in {api.n_tensors} tensors"
     )
-    for metric, fmt in (("pcc", "{:.4f}"), ("cosine", "{:.4f}"), ("euclidean", "{:.4g}")):
+    for metric, fmt in (("pcc", "{:.4f}"), ("cosine", "{:.4f}"), ("euclidean", "{:.4g}"),
+                        ("sign_conflict", "{:.4f}")):
         line = next(l for l in table.splitlines() if l.startswith(metric))
         assert line.split()[1] == fmt.format(api.values[metric])
-    data = json.loads(invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "--json", "-q").stdout)
+    data = json.loads(invoke("kinship", fam["math"], fam["code"], "--base", fam["base"], "--json", "-q", "-m", "all").stdout)
     assert data == json.loads(json.dumps(api.to_dict()))
     for metric, ref in dense_kinship(fam["base"], fam["math"], fam["code"]).items():
         assert data["values"][metric] == pytest.approx(ref, rel=1e-9)
@@ -72,7 +74,7 @@ def test_matrix_outputs_json_csv_and_a_heatmap(fam, tmp_path):
     with open(csv_path, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["metric", "model", "math", "code", "chat"]
-    assert len(rows) == 1 + 3 * 3
+    assert len(rows) == 1 + len(DEFAULT_METRICS) * 3
     for metric, model, *cells in rows[1:]:
         i = data["names"].index(model)
         assert [float(c) for c in cells] == data["values"][metric][i]

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from test_card import finished_run, synthetic_summary
 
 from mergekit_kinship.cli import main
-from mergekit_kinship.findings import kinship_gain_statistics, saturation
+from mergekit_kinship.findings import kinship_gain_statistics, kinship_gain_study, saturation
 from mergekit_kinship.report import render_report
 from mergekit_kinship.statistics import pearson, t_two_sided_p
 from mergekit_kinship.summary import load_summary
@@ -79,6 +79,17 @@ def test_report_renders_from_a_finished_run(tmp_path_factory):
     assert stats["gain"][0] == pytest.approx(r_signed) and stats["abs_gain"][0] == pytest.approx(r_abs)
     assert f"{r_signed:+.4f}" in document and f"{r_abs:+.4f}" in document
     assert f"r = {r_signed:+.3f}" in result.output
+    # Sign conflict beside PCC: measured for every merge's parents, in the table and the study.
+    conflict = [m.parents_kinship["sign_conflict"] for m in merges]
+    assert all(0.0 < c < 0.5 for c in conflict)
+    study = {s["metric"]: s for s in kinship_gain_study(summary)}
+    assert list(study) == ["pcc", "sign_conflict"]
+    assert study["sign_conflict"]["abs_gain"][0] == pytest.approx(np.corrcoef(conflict, np.abs(gains))[0, 1])
+    assert "parents&#x27; kinship (pcc)</th><th>parents&#x27; kinship (sign_conflict)" in document
+    assert f"{study['sign_conflict']['abs_gain'][0]:+.4f}" in document
+    assert "sign_conflict vs |gain| over" in result.output
+    best = max(study.values(), key=lambda s: abs(s["abs_gain"][0]))
+    assert f"|gain| follows the parents&#x27; {best['metric']} most closely" in document
 
     # One row per generation, every model listed.
     generations = re.search(r"<th>top-k mutual PCC</th></tr></thead><tbody>(.*?)</tbody>", document).group(1)
@@ -114,6 +125,8 @@ def test_report_needs_only_the_summary(tmp_path_factory, tmp_path):
     payload = json.loads(result.output)
     assert payload["report"] == str(out) and out.is_file()
     assert math.isclose(payload["top_k_mutual_pcc"], load_summary(alone).generations[-1].top_k_mutual_pcc)
+    assert list(payload["gain_study"]) == ["pcc", "sign_conflict"]
+    assert payload["gain_study"]["pcc"]["abs_gain"] == payload["kinship_vs_abs_gain"]
 
 
 def test_report_of_a_folder_without_a_run_is_a_user_error(tmp_path):

@@ -144,12 +144,22 @@ def dense_deltas(base, *models, include=None, exclude=None) -> list[np.ndarray]:
     return out
 
 
+def dense_sign_conflict(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Of the elements where x and y are both non-zero, the fraction whose signs differ (None
+    when there is none), by counting in numpy."""
+    both = (x != 0) & (y != 0)
+    differ = both & (np.signbit(x) != np.signbit(y))
+    return int(differ.sum()) / int(both.sum()) if both.any() else None
+
+
 def dense_metrics(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """PCC, signed cosine and euclidean distance of two vectors, the textbook way, in float64."""
+    """PCC, signed cosine, euclidean distance and sign conflict of two vectors, the textbook way,
+    in float64."""
     return {
         "pcc": float(np.corrcoef(x, y)[0, 1]),
         "cosine": float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))),
         "euclidean": float(np.linalg.norm(x - y)),
+        "sign_conflict": dense_sign_conflict(x, y),
     }
 
 

@@ -12,12 +12,13 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 def report_cmd(run_dir, out_path, as_json):
     """Write an HTML report of RUN_DIR: fitness per generation, kinship heatmaps of the pool and of
-    the final top-k, the family tree, kinship against merge gain (Pearson r, p) and a saturation
-    warning. Images are embedded: the file stands alone."""
+    the final top-k, the family tree, kinship (the run's metric, PCC and sign conflict) against
+    merge gain (Pearson r, p) and a saturation warning. Images are embedded: the file stands
+    alone."""
     import json
 
     from mergekit_kinship.errors import UserError
-    from mergekit_kinship.findings import kinship_gain_statistics, saturation
+    from mergekit_kinship.findings import kinship_gain_statistics, kinship_gain_study, saturation
     from mergekit_kinship.report import write_report
     from mergekit_kinship.summary import load_summary
 
@@ -28,6 +29,7 @@ def report_cmd(run_dir, out_path, as_json):
         raise UserError(f"{where}: cannot write the report ({err.strerror or err})") from None
     summary = load_summary(run_dir)
     stats = kinship_gain_statistics(summary)
+    study = kinship_gain_study(summary)
     sat = saturation(summary)
     if as_json:
         click.echo(json.dumps({
@@ -35,15 +37,20 @@ def report_cmd(run_dir, out_path, as_json):
             "merges": stats["n"],
             "kinship_vs_gain": stats["gain"] and {"r": stats["gain"][0], "p": stats["gain"][1]},
             "kinship_vs_abs_gain": stats["abs_gain"] and {"r": stats["abs_gain"][0], "p": stats["abs_gain"][1]},
+            # the run's metric, PCC and sign conflict, each against gain and |gain|
+            "gain_study": {s["metric"]: {"merges": s["n"], **{
+                key: s[key] and {"r": s[key][0], "p": s[key][1]} for key in ("gain", "abs_gain")}}
+                for s in study},
             "saturated": sat["saturated"],
             "top_k_mutual_pcc": sat["last"],
         }))
         return
     click.echo(f"report written to {written}")
-    for key, label in (("gain", "gain"), ("abs_gain", "|gain|")):
-        if stats[key]:
-            r, p = stats[key]
-            click.echo(f"{stats['metric']} vs {label} over {stats['n']} merges: r = {r:+.3f}, p = {p:.3g}")
+    for entry in study:
+        for key, label in (("gain", "gain"), ("abs_gain", "|gain|")):
+            if entry[key]:
+                r, p = entry[key]
+                click.echo(f"{entry['metric']} vs {label} over {entry['n']} merges: r = {r:+.3f}, p = {p:.3g}")
     if sat["saturated"]:
         click.echo(f"warning: the top-k's mutual PCC {sat['last']:.3f} is above {sat['threshold']:.2f}: "
                    f"the family is saturated", err=True)

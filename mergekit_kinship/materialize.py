@@ -33,6 +33,7 @@ def weights_of(pool: "Pool", model_id: str) -> str:
 
 def job_for(pool: "Pool", m: "PoolModel") -> "ChildJob":
     """The self-contained unit of work that merges (a child of this run) and scores ``m``."""
+    from mergekit_kinship.children import reference
     from mergekit_kinship.executors.job import ChildJob
 
     own_child = m.kind == "child" and not m.external
@@ -42,4 +43,5 @@ def job_for(pool: "Pool", m: "PoolModel") -> "ChildJob":
                     evaluation=pool.recipe.evaluation.model_dump(mode="json"),
                     yaml_text=m.yaml if own_child else None, seed=m.seed,
                     tokenizer_from=pool.models[m.parents[0]].path if m.parents else None,
-                    evaluator=pool.evaluator)
+                    evaluator=pool.evaluator,
+                    ancestor=reference(pool, None) if own_child else None)

@@ -181,7 +181,8 @@ class Pool:
     def record_merge_kinship(self, child: PoolModel, kinship: dict) -> None:
         """Record what the merge hook measured (the child's ``kinship.json``, against the
         family's ancestor): the parents' kinship and each parent's kinship with the child, so
-        :meth:`relate` does not read them again. Values already known are kept as they are."""
+        :meth:`relate` does not read them again. Values already known are kept as they are; an
+        undefined one (None) is left to :meth:`relate`, whose engine says why."""
         from mergekit_kinship.merge_kinship import MergeKinship
 
         observed = MergeKinship.from_dict(kinship)
@@ -192,7 +193,7 @@ class Pool:
                                ((a, child.id), observed.with_output(0)),
                                ((b, child.id), observed.with_output(1))):
             known = self.cache.kinship(self._key(x, y))
-            new = {m: v for m, v in values.items() if m not in known}
+            new = {m: v for m, v in values.items() if m not in known and v is not None}
             if new:
                 self.cache.record_kinship(self._key(x, y), [x, y], new)
 

@@ -131,6 +131,9 @@ def run(config_file: str, out_path: str, base, options: dict):
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         raise UserError(f"{config_file}: {where}: {first['msg']} (mergekit's config schema)") from None
+    except (RuntimeError, ValueError, TypeError) as err:  # mergekit's own validators raise these
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{config_file}: {first} (mergekit's config schema)") from None
     given = {k: v for k, v in options.items() if v is not None}
     if "out_shard_size" in given:
         given["out_shard_size"] = _shard_size(given["out_shard_size"])

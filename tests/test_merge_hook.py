@@ -290,13 +290,43 @@ def test_a_failed_kinship_keeps_the_merge_and_says_why(fam, tmp_path):
     assert not (tmp_path / "o" / KINSHIP_FILE).exists()
 
 
-def test_the_merge_thread_keeps_its_torch_threads(fam, tmp_path):
-    before = torch.get_num_threads()
-    text = (f"merge_method: ties\nbase_model: {fam['base']}\nmodels:\n"
-            f"  - model: {fam['child0']}\n    parameters: {{weight: 0.5}}\n"
-            f"  - model: {fam['child1']}\n    parameters: {{weight: 0.5}}\ndtype: float32\n")
-    _hooked(text, tmp_path / "o")
-    assert torch.get_num_threads() == before
+def test_the_hook_leaves_torch_threads_of_every_other_thread_alone(fam, tmp_path):
+    """The reducing thread runs single-threaded torch, set for itself only: in a fresh
+    interpreter (where mergekit's thread has not used torch yet), mergekit's thread and any
+    thread started later still get torch's default (else the merge's reductions would split
+    differently and the weights change in their last bits)."""
+    import subprocess
+    import sys
+
+    text = (f"merge_method: slerp\nbase_model: {fam['child0']}\nmodels:\n"
+            f"  - model: {fam['child0']}\n  - model: {fam['child1']}\n"
+            "parameters: {t: 0.5}\ndtype: float32\n")
+    code = (
+        "import sys, threading, yaml, torch\n"
+        "from mergekit.config import MergeConfiguration\n"
+        "from mergekit.options import MergeOptions\n"
+        "from mergekit_kinship import merge_observer\n"
+        "from mergekit_kinship.merge_kinship import merge_with_kinship\n"
+        "seen = []\n"
+        "class Spy(merge_observer.MergeObserver):\n"
+        "    def _reduce(self, *job):\n"
+        "        seen.append(torch.get_num_threads())\n"
+        "        super()._reduce(*job)\n"
+        f"text = {text!r}\n"
+        "config = MergeConfiguration.model_validate(yaml.safe_load(text))\n"
+        "merge_observer.MergeObserver = Spy\n"
+        f"merge_with_kinship(config, {str(tmp_path / 'o')!r}, MergeOptions(quiet=True), "
+        f"config_source=text, ancestor={str(fam['base'])!r})\n"
+        "later = []\n"
+        "t = threading.Thread(target=lambda: later.append(torch.get_num_threads())); t.start(); t.join()\n"
+        "print(torch.get_num_threads(), later[0], sorted(set(seen)))\n")
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout.split()[0]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    main, later, reducer = out.stdout.split(maxsplit=2)
+    assert (main, later) == (default, default)
+    assert reducer.strip() == "[1]"  # the reducing thread itself: one thread
 
 
 # --- the contract with mergekit's internals (mergekit_kinship/merge_hook.py) -------------------

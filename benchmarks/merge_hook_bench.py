@@ -133,11 +133,10 @@ def main(argv=None) -> int:
     rows = []
     for method in args.methods.split(","):
         text = configs(paths)[method]
-        out = root / f"out-{method}"
         best: dict[str, dict] = {}
         for rep in range(args.repeats):
             for case in CASES:
-                r = measure(case, text, out, base, [a, b])
+                r = measure(case, text, root / f"{method}-{case}" / "out", base, [a, b])
                 print(f"  {method:<16} {case:<9} run {rep + 1}: {r['wall']:7.2f} s  peak "
                       f"+{r['peak_above'] / 2**20:6.0f} MiB", file=sys.stderr, flush=True)
                 if case not in best or r["wall"] < best[case]["wall"]:
@@ -153,14 +152,26 @@ def main(argv=None) -> int:
                              ratio=r["wall"] / best["merge"]["wall"], read=read[case] / 1e9,
                              peak=r["peak_above"] / 2**20, rss0=r["rss0"] / 2**20))
         hook, sep = best["hook"]["out"], best["separate"]["out"]
-        rows[-2]["note"] = (f"PCC of the inputs {hook['pcc']:.12f}, input A with the output "
-                            f"{hook['out']:.12f}")
+        same = _same_weights(root / f"{method}-merge" / "out", root / f"{method}-hook" / "out")
+        rows[-2]["note"] = (f"output {'byte-identical to' if same else 'DIFFERENT from'} the "
+                            f"merge's (*); PCC of the inputs {hook['pcc']:.12f}, input A with the "
+                            f"output {hook['out']:.12f}")
         rows[-1]["note"] = (f"the same from the engine: {sep['pcc']:.12f}, {sep['out']:.12f}")
     table = format_table(rows, params, args.repeats, load)
     print(table)
     if args.write_md:
         write_md(table)
     return 0
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Every file but kinship.json and README.md byte-identical. (mergekit's card lists the
+    models in the order of a Python set, which changes from process to process for
+    mergekit-yaml alone as well.)"""
+    skip = ("kinship.json", "README.md")
+    files = sorted(f.name for f in a.iterdir() if f.name not in skip)
+    return files == sorted(f.name for f in b.iterdir() if f.name not in skip) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
 
 def format_table(rows, params, repeats, load) -> str:
@@ -199,7 +210,11 @@ def format_table(rows, params, repeats, load) -> str:
               "mergekit's own thread merges; on two busy cores the two compete, which is most of "
               "its cost. SLERP does not load the ancestor, so the hook reads it once more "
               "(the extra GB); task arithmetic loads it itself and the hook reads nothing more. "
-              "The separate pass reads the three models and the output again."]
+              "The separate pass reads the three models and the output again. (*) Every file but "
+              "README.md, compared between the last runs (separate processes): mergekit's card "
+              "lists the models in the order of a Python set, which changes from process to "
+              "process for `mergekit-yaml` alone too (in one process the card is identical as "
+              "well: tests/test_merge_hook.py)."]
     return "\n".join(lines)
 
 

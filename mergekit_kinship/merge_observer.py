@@ -17,7 +17,9 @@ written folder, to float64 rounding. What that takes, decided here:
   (bfloat16 or float16 to float32, anything to float64) the gathered tensor holds the same values;
   where it rounds them (float32 stored, ``dtype: bfloat16``), the stored tensor is loaded again for
   kinship (counted in ``extra_bytes``, named in a note). The ancestor, when the method does not
-  load it (SLERP's ``base_model`` is parent A; ``linear`` has none), is loaded alongside, once.
+  load it (SLERP's ``base_model`` is parent A; ``linear`` has none), is read alongside, once per
+  tensor: by the reducing thread with :mod:`mergekit_kinship.models`' reader for a local folder
+  (no memory map, and mergekit's thread does not wait), else by a mergekit ``LoadTensor``.
 - **Vocabulary.** A model with added rows is compared on the ancestor's rows, as the engine does.
   When the merge re-orders or cuts the vocabulary (a ``tokenizer`` section,
   ``--unsafe-truncate-embeddings``), the output's rows no longer line up with the ancestor's:
@@ -65,7 +67,8 @@ def exact_cast(stored: Optional[torch.dtype], cast: Optional[torch.dtype], known
 @dataclass
 class TensorPlan:
     """How one output tensor feeds the accumulators. A source is ``("g", model)`` (the gathered
-    tensor) or ``("x", key)`` (an extra load, for kinship only)."""
+    tensor), ``("r", (models.Model, name))`` (read by the reducing thread, for kinship only) or
+    ``("x", key)`` (loaded by mergekit for kinship only: a hub model or a LoRA)."""
 
     name: str
     ancestor: tuple[str, Any]
@@ -122,6 +125,7 @@ class MergeObserver:
         self._queue: queue.Queue = queue.Queue()
         self._thread: Optional[threading.Thread] = None
         self._headers: dict[str, dict] = {}  # safetensors file -> header, read once per merge
+        self._opened: dict[str, Any] = {}  # local folder -> models.Model (or None)
 
     # --- planning (main thread, before the merge runs) -------------------------------------------
     def tasks(self, targets) -> list:
@@ -187,6 +191,10 @@ class MergeObserver:
                 continue
             if load is not None:
                 self.reread.setdefault(str(model), []).append(name)
+            local = self._local(model)
+            if local is not None and name in local.tensors:
+                sources.append(("r", (local, name)))  # read by the reducing thread
+                continue
             key = f"kinship:{k}"
             extras[key] = hook.load_as_stored(model, name, p.gather.device)
             sources.append(("x", key))
@@ -195,11 +203,33 @@ class MergeObserver:
                           vocab_rows=p.weight.vocabulary_axis == 0)
         return plan, extras
 
+    def _local(self, model):
+        """A local model folder opened by :mod:`mergekit_kinship.models` (headers only), whose
+        tensors the reducing thread reads itself, with ``readinto``: no memory map keeps them
+        resident, and mergekit's thread does not wait for the read. None for a hub model, a
+        LoRA, or a folder our reader does not take (mergekit's loader reads those)."""
+        from mergekit_kinship.models import open_model
+
+        path = str(model.model.path)
+        if model.lora is not None or model.model.revision is not None or not os.path.isdir(path):
+            return None
+        key = os.path.realpath(path)
+        if key not in self._opened:
+            try:
+                self._opened[key] = open_model(path)
+            except UserError:
+                self._opened[key] = None
+        return self._opened[key]
+
     def _stored_dtype(self, model, name) -> tuple[Optional[torch.dtype], bool]:
-        """(stored dtype, known): from the safetensors header; unknown for ``.bin`` shards."""
+        """(stored dtype, known): None for a weight that is not floating point; unknown for a
+        ``.bin`` shard mergekit reads and our reader does not."""
         from mergekit_kinship import merge_hook as hook
         from mergekit_kinship.models import SAFETENSORS_DTYPES, read_safetensors_header
 
+        local = self._local(model)
+        if local is not None and name in local.tensors:
+            return local.tensors[name].dtype, True
         file = hook.shard_file(model, name)
         if not file.endswith(".safetensors"):
             return None, False
@@ -236,6 +266,12 @@ class MergeObserver:
 
         def pick(source):
             kind, key = source
+            if kind == "r":
+                model, name = key
+                info = model.tensors[name]
+                self.extra_bytes += info.nbytes
+                buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+                return model.read(info, 0, info.numel, buffer).view(info.shape)
             if kind == "x":
                 tensor = extras[key]
                 self.extra_bytes += tensor.numel() * tensor.element_size()
@@ -277,6 +313,9 @@ class MergeObserver:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        for model in self._opened.values():
+            if model is not None:
+                model.close()
         k = len(self.inputs)
         models = Moments(k)
         if self.main.groups:
@@ -295,7 +334,8 @@ class MergeObserver:
     def notes(self) -> list[str]:
         notes = [f"left out ({why}): {_names(names)}" for why, names in self.left_out.items()]
         notes += [f"{model}: stored tensors read again for kinship, because the merge dtype rounds "
-                  f"them: {_names(names)}" for model, names in self.reread.items()]
+                  f"them: {'all' if len(names) == len(self.plans) else _names(names)}"
+                  for model, names in self.reread.items()]
         reshaped = [p.name for p in self.plans if not p.with_output]
         if reshaped:
             notes.append("the merge re-orders or cuts the vocabulary, so these tensors count for "

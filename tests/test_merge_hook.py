@@ -155,41 +155,47 @@ def test_the_built_in_family_with_the_built_in_recipe(family, tmp_path):
 
 
 def test_nothing_is_loaded_twice_and_the_ancestor_once(fam, tmp_path, monkeypatch):
-    """The hook reads what the merge gathers; SLERP's ancestor, which the merge does not load,
-    is loaded alongside, once per tensor."""
+    """The hook reads what the merge gathers (mergekit loads exactly what it loads without the
+    hook); SLERP's ancestor, which the merge does not load, is read alongside, once per tensor."""
     from mergekit.io.tasks import LoadTensor
 
-    loads = []
-    original = LoadTensor.execute
+    from mergekit_kinship.models import Model
 
-    def counting(self):
+    loads, reads = [], []
+    load, read = LoadTensor.execute, Model.read
+
+    def counting_load(self):
         loads.append((str(self.model), self.tensor))
-        return original(self)
+        return load(self)
 
-    monkeypatch.setattr(LoadTensor, "execute", counting)
+    def counting_read(self, info, start, count, buffer):
+        reads.append((self.name, info.name, start, count))
+        return read(self, info, start, count, buffer)
+
+    monkeypatch.setattr(LoadTensor, "execute", counting_load)
+    monkeypatch.setattr(Model, "read", counting_read)
     ties = (f"merge_method: ties\nbase_model: {fam['base']}\nmodels:\n"
             f"  - model: {fam['child0']}\n    parameters: {{weight: 0.5}}\n"
             f"  - model: {fam['child1']}\n    parameters: {{weight: 0.5}}\ndtype: float32\n")
-    _plain(ties, tmp_path / "p1" / "o")
-    plain_loads = sorted(loads)
-    loads.clear()
-    _hooked(ties, tmp_path / "h1" / "o")
-    assert sorted(loads) == plain_loads
-    assert len(set(plain_loads)) == len(plain_loads)
-
     slerp = (f"merge_method: slerp\nbase_model: {fam['child0']}\nmodels:\n"
              f"  - model: {fam['child0']}\n  - model: {fam['child1']}\n"
              f"parameters: {{t: 0.5}}\ndtype: float32\n")
-    loads.clear()
-    _plain(slerp, tmp_path / "p2" / "o")
-    plain_loads = sorted(loads)
-    loads.clear()
-    result = _hooked(slerp, tmp_path / "h2" / "o", ancestor=fam["base"])
-    extra = sorted(set(loads) - set(plain_loads))
-    assert sorted(loads) == sorted(plain_loads + extra)  # nothing of the merge's twice
-    assert {m for m, _ in extra} == {str(fam["base"])}
-    assert len(extra) == result.tensors  # each ancestor tensor once
-    assert result.extra_bytes == 4 * result.params  # the fp32 ancestor's weights, once
+    for label, text, ancestor_read in (("ties", ties, False), ("slerp", slerp, True)):
+        loads.clear()
+        _plain(text, tmp_path / label / "plain" / "o")
+        plain_loads = sorted(loads)
+        assert len(set(plain_loads)) == len(plain_loads)
+        loads.clear()
+        reads.clear()
+        result = _hooked(text, tmp_path / label / "hook" / "o", ancestor=fam["base"])
+        assert sorted(loads) == plain_loads, label  # mergekit loads nothing more
+        if ancestor_read:
+            assert {r[0] for r in reads} == {"base"}
+            assert sorted(r[1] for r in reads) == sorted(set(r[1] for r in reads))  # once each
+            assert all(r[2] == 0 for r in reads) and len(reads) == result.tensors
+            assert result.extra_bytes == 4 * result.params  # the fp32 ancestor's weights
+        else:
+            assert reads == [] and result.extra_bytes == 0
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from kinship_bench import model_bytes, n_params, read_all, write_family  # noqa: E402
+from kinship_bench import evict, model_bytes, n_params, read_all, write_family  # noqa: E402
 
 WORK = HERE / "_work"
 MD = HERE.parent / "BENCHMARKS.md"
@@ -64,17 +64,19 @@ def configs(paths) -> dict[str, str]:
 
 
 _RUNNER = textwrap.dedent("""
-    import json, sys, time, yaml
+    import json, resource, sys, time, yaml
     import psutil
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
     from mergekit_kinship.merge_kinship import merge_with_kinship
     from mergekit_kinship.streaming_kinship import kinship_matrix
-    TEXT, OUT, ANCESTOR, INPUTS, CASE = {args}
+    TEXT, OUT, ANCESTOR, INPUTS, CASE, THREADS = {args}
     config = MergeConfiguration.model_validate(yaml.safe_load(TEXT))
-    options = MergeOptions(quiet=True, copy_tokenizer=False)
+    options = MergeOptions(quiet=True, copy_tokenizer=False, num_threads=THREADS)
+    options.apply_global_options()  # as mergekit-yaml does (-j sets torch's threads)
     rss0 = psutil.Process().memory_info().rss
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     out = {{}}
     if CASE == "hook":
@@ -86,17 +88,19 @@ _RUNNER = textwrap.dedent("""
             m = kinship_matrix([*INPUTS, OUT], ANCESTOR, progress=False)
             out = {{"pcc": m.values["pcc"][0][1], "out": m.values["pcc"][0][2]}}
     wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
     peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-    print(json.dumps({{"wall": wall, "rss0": rss0, "peak_above": max(0, peak - rss0), "out": out}}))
+    print(json.dumps({{"wall": wall, "cpu": cpu, "rss0": rss0, "peak_above": max(0, peak - rss0), "out": out}}))
 """)
 
 CASES = {"merge": "merge (mergekit's run_merge)", "hook": "merge + hook (mergekit-kinship merge)",
          "separate": "merge, then a separate kinship pass"}
 
 
-def measure(case: str, text: str, out: Path, ancestor: Path, inputs) -> dict:
+def measure(case: str, text: str, out: Path, ancestor: Path, inputs, threads=None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    args = (text, str(out), str(ancestor), [str(p) for p in inputs], case)
+    args = (text, str(out), str(ancestor), [str(p) for p in inputs], case, threads)
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "error",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
@@ -111,7 +115,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a 30M-parameter family instead of 0.2B")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="slerp,task_arithmetic")
+    ap.add_argument("--methods", default="slerp,slerp -j 1,task_arithmetic",
+                    help="comma-separated; 'METHOD -j N' runs mergekit with N torch threads")
     ap.add_argument("--write-md", action="store_true", help="write the table into BENCHMARKS.md")
     args = ap.parse_args(argv)
 
@@ -127,41 +132,56 @@ def main(argv=None) -> int:
             config["architectures"] = ["LlamaForCausalLM"]
             (path / "config.json").write_text(json.dumps(config, indent=2))
     base, a, b = paths
-    read_all(paths)
     size = model_bytes([a])
     load = [os.getloadavg()[0]]
     rows = []
     for method in args.methods.split(","):
-        text = configs(paths)[method]
-        best: dict[str, dict] = {}
-        for rep in range(args.repeats):
-            for case in CASES:
-                r = measure(case, text, root / f"{method}-{case}" / "out", base, [a, b])
-                print(f"  {method:<16} {case:<9} run {rep + 1}: {r['wall']:7.2f} s  peak "
-                      f"+{r['peak_above'] / 2**20:6.0f} MiB", file=sys.stderr, flush=True)
-                if case not in best or r["wall"] < best[case]["wall"]:
-                    best[case] = r
-                load.append(os.getloadavg()[0])
-        inputs = size * (3 if method == "task_arithmetic" else 2)
-        out_bytes = size
-        read = {"merge": inputs, "hook": inputs + best["hook"]["out"]["extra"],
-                "separate": inputs + 3 * size + out_bytes}
-        for case, label in CASES.items():
-            r = best[case]
-            rows.append(dict(method=method, case=label, wall=r["wall"],
-                             ratio=r["wall"] / best["merge"]["wall"], read=read[case] / 1e9,
-                             peak=r["peak_above"] / 2**20, rss0=r["rss0"] / 2**20))
-        hook, sep = best["hook"]["out"], best["separate"]["out"]
-        same = _same_weights(root / f"{method}-merge" / "out", root / f"{method}-hook" / "out")
-        rows[-2]["note"] = (f"output {'byte-identical to' if same else 'DIFFERENT from'} the "
-                            f"merge's (*); PCC of the inputs {hook['pcc']:.12f}, input A with the "
-                            f"output {hook['out']:.12f}")
-        rows[-1]["note"] = (f"the same from the engine: {sep['pcc']:.12f}, {sep['out']:.12f}")
+        threads = int(method.split("-j")[1]) if "-j" in method else None
+        text = configs(paths)[method.split()[0]]
+        for cache in ("warm", "cold"):
+            if cache == "warm":
+                read_all(paths)
+            best: dict[str, dict] = {}
+            for rep in range(args.repeats):
+                for case in CASES:
+                    if cache == "cold":
+                        evict(paths)
+                    r = measure(case, text, _out(root, method, case), base, [a, b], threads)
+                    print(f"  {method:<16} {cache} {case:<9} run {rep + 1}: {r['wall']:7.2f} s  "
+                          f"cpu {r['cpu']:7.2f} s  peak +{r['peak_above'] / 2**20:6.0f} MiB",
+                          file=sys.stderr, flush=True)
+                    if case not in best or r["wall"] < best[case]["wall"]:
+                        best[case] = r
+                    load.append(os.getloadavg()[0])
+            rows += _rows(method, cache, best, size, root)
     table = format_table(rows, params, args.repeats, load)
     print(table)
     if args.write_md:
         write_md(table)
     return 0
+
+
+def _out(root: Path, method: str, case: str) -> Path:
+    return root / f"{method.replace(' ', '')}-{case}" / "out"
+
+
+def _rows(method, cache, best, size, root) -> list[dict]:
+    inputs = size * (3 if method.startswith("task_arithmetic") else 2)
+    read = {"merge": inputs, "hook": inputs + best["hook"]["out"]["extra"],
+            "separate": inputs + 4 * size}  # the pass reads both inputs, the ancestor, the output
+    rows = []
+    for case, label in CASES.items():
+        r = best[case]
+        rows.append(dict(method=method, cache=cache, case=label, wall=r["wall"], cpu=r["cpu"],
+                         ratio=r["wall"] / best["merge"]["wall"], read=read[case] / 1e9,
+                         peak=r["peak_above"] / 2**20, rss0=r["rss0"] / 2**20, note=""))
+    hook, sep = best["hook"]["out"], best["separate"]["out"]
+    same = _same_weights(_out(root, method, "merge"), _out(root, method, "hook"))
+    rows[1]["note"] = (f"output {'byte-identical to' if same else 'DIFFERENT from'} the merge's "
+                       f"(*); PCC of the inputs {hook['pcc']:.12f}, input A with the output "
+                       f"{hook['out']:.12f}")
+    rows[2]["note"] = f"the same from the engine: {sep['pcc']:.12f}, {sep['out']:.12f}"
+    return rows
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -187,24 +207,25 @@ def format_table(rows, params, repeats, load) -> str:
         f"torch {torch.__version__}. Each case ran {repeats} times in a fresh interpreter, the "
         "cases interleaved; the best wall time is shown (the machine is shared with other jobs: "
         f"1-minute load average {min(load):.1f} to {max(load):.1f} during the runs, on "
-        f"{os.cpu_count()} cores, so single runs vary by ±30%). Files in the page cache. Bytes "
+        f"{os.cpu_count()} cores, so single runs vary by ±30%). Warm: the family in the page cache; "
+        "cold: its files evicted from it before each run (`posix_fadvise`, our files only). Bytes "
         "read: checkpoint bytes each case reads. Peak RSS above the interpreter after its "
         f"imports (~{rows[0]['rss0']:.0f} MiB).",
         "",
-        "| method | case | wall (s) | × merge | GB read | peak RSS above interpreter (MiB) | note |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| method | cache | case | wall (s) | × merge | CPU (s) | GB read | peak RSS above interpreter (MiB) | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['case']} | {r['wall']:.2f} | {r['ratio']:.2f} | "
-                     f"{r['read']:.2f} | {r['peak']:.0f} | {r.get('note', '')} |")
+        lines.append(f"| {r['method']} | {r['cache']} | {r['case']} | {r['wall']:.2f} | "
+                     f"{r['ratio']:.2f} | {r['cpu']:.2f} | {r['read']:.2f} | {r['peak']:.0f} | "
+                     f"{r['note']} |")
     goals = []
-    for method in dict.fromkeys(r["method"] for r in rows):
-        hook = next(r for r in rows if r["method"] == method and "hook" in r["case"])
-        sep = next(r for r in rows if r["method"] == method and "separate" in r["case"])
-        base = next(r for r in rows if r["method"] == method and r["ratio"] == 1.0)
-        goals.append(f"- {method}: merge + hook {hook['ratio']:.2f}× the merge alone (goal ≤ 1.10×), "
-                     f"merge then a separate pass {sep['ratio']:.2f}×; peak RSS "
-                     f"{hook['peak'] - base['peak']:+.0f} MiB with the hook")
+    for method, cache in dict.fromkeys((r["method"], r["cache"]) for r in rows):
+        merge, hook, sep = [r for r in rows if (r["method"], r["cache"]) == (method, cache)]
+        goals.append(f"- {method}, {cache} cache: merge + hook {hook['ratio']:.2f}× the merge's wall "
+                     f"time (goal ≤ 1.10×; CPU {hook['cpu'] / merge['cpu']:.2f}×), merge then a "
+                     f"separate pass {sep['ratio']:.2f}×; peak RSS {hook['peak'] - merge['peak']:+.0f} "
+                     "MiB with the hook")
     lines += ["", "Goals of issue 11:", "", *goals, "",
               "Notes: the hook reduces in one background thread (single-threaded torch) while "
               "mergekit's own thread merges; on two busy cores the two compete, which is most of "

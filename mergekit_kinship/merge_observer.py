@@ -46,6 +46,11 @@ import torch
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.kinship_accumulators import KinshipAccumulator, Moments
 
+# float64 elements per row reduced at once by the hook's thread: its N+1 rows stay in L2 while
+# mergekit's thread works beside it (measured on a 2-core EPYC, bf16, N = 3: 3.2 ns per element
+# of all rows at 32768, 4.7 at the accumulator's default of 87381).
+HOOK_SUBCHUNK = 32768
+
 # Casts that keep every value: the gathered tensor then equals the stored one.
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 _EXACT_CASTS = {
@@ -113,8 +118,10 @@ class MergeObserver:
         self.inputs, self.ancestor = list(inputs), ancestor
         self.device = torch.device(device)
         k = len(self.inputs)
-        self.main = KinshipAccumulator(k + 1, device=self.device)  # inputs + output
-        self.side = KinshipAccumulator(k, device=self.device)  # inputs only
+        # Sub-chunks of HOOK_SUBCHUNK elements on the CPU (None: the accumulator's default).
+        sub = HOOK_SUBCHUNK if self.device.type == "cpu" else None
+        self.main = KinshipAccumulator(k + 1, device=self.device, subchunk=sub)  # inputs + output
+        self.side = KinshipAccumulator(k, device=self.device, subchunk=sub)  # inputs only
         self.plans: list[TensorPlan] = []
         self.left_out: dict[str, list[str]] = {}
         self.reread: dict[str, list[str]] = {}

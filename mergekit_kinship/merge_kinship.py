@@ -61,15 +61,20 @@ class MergeKinship:
     extra_bytes: int = 0
     notes: list[str] = field(default_factory=list)
     computed: str = "during the merge (mergekit-kinship merge hook)"
+    # Not written to kinship.json: CPU seconds of the reducing thread (reduce_cpu_s) and seconds
+    # mergekit's thread waited for it (merge_waited_s), for benchmarks.
+    timing: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, **asdict(self)}
+        data = asdict(self)
+        del data["timing"]
+        return {"format": FORMAT, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MergeKinship":
         if data.get("format") != FORMAT:
             raise ValueError(f"not a kinship.json of format {FORMAT}")
-        fields = {k: v for k, v in data.items() if k != "format"}
+        fields = {k: v for k, v in data.items() if k not in ("format", "timing")}
         return cls(**fields)
 
     def pair(self, i: int, j: int) -> dict[str, Optional[float]]:
@@ -227,4 +232,4 @@ def _result(method: str, ancestor, inputs, observed) -> MergeKinship:
         models_kinship=models_kinship, output_kinship=output_kinship,
         tensors=observed.n_tensors, params=observed.models.n,
         output_tensors=observed.n_output_tensors, output_params=observed.with_output.n,
-        extra_bytes=observed.extra_bytes, notes=observed.notes)
+        extra_bytes=observed.extra_bytes, notes=observed.notes, timing=observed.timing)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -95,6 +96,8 @@ class ObservedKinship:
     extra_bytes: int
     notes: list[str] = field(default_factory=list)
     error: Optional[str] = None
+    # seconds of CPU the reducing thread used, and that mergekit's thread waited for it
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def same_model(a, b) -> bool:
@@ -115,6 +118,8 @@ class MergeObserver:
     the thread). ``device``: where the float64 reduction runs (``"cpu"`` or a CUDA device)."""
 
     def __init__(self, inputs, ancestor, device: str = "cpu", max_in_flight: int = 1):
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self.inputs, self.ancestor = list(inputs), ancestor
         self.device = torch.device(device)
         k = len(self.inputs)
@@ -133,6 +138,7 @@ class MergeObserver:
         self._thread: Optional[threading.Thread] = None
         self._headers: dict[str, dict] = {}  # safetensors file -> header, read once per merge
         self._opened: dict[str, Any] = {}  # local folder -> models.Model (or None)
+        self._timing = {"reduce_cpu_s": 0.0, "merge_waited_s": 0.0}
 
     # --- planning (main thread, before the merge runs) -------------------------------------------
     def tasks(self, targets) -> list:
@@ -247,15 +253,19 @@ class MergeObserver:
     # --- during the merge (the executor's thread, then ours) -------------------------------------
     def submit(self, index: int, gathered: dict, merged, extras: dict) -> None:
         """Queue one tensor for the reducing thread; blocks while ``max_in_flight`` are waiting."""
+        started = time.perf_counter()
         self._slots.acquire()
+        self._timing["merge_waited_s"] += time.perf_counter() - started
         self._queue.put((index, gathered, merged, extras))
 
     def _work(self) -> None:
         if self.device.type == "cpu":
             _single_threaded_torch_here()
+        started = time.thread_time()
         while True:
             job = self._queue.get()
             if job is None:
+                self._timing["reduce_cpu_s"] = time.thread_time() - started
                 return
             try:
                 if self.error is None:
@@ -336,7 +346,8 @@ class MergeObserver:
         n_out = sum(1 for p in self.plans if p.with_output)
         return ObservedKinship(models=models, with_output=self.main.moments(),
                                n_tensors=len(self.plans), n_output_tensors=n_out,
-                               extra_bytes=self.extra_bytes, notes=self.notes(), error=self.error)
+                               extra_bytes=self.extra_bytes, notes=self.notes(), error=self.error,
+                               timing=dict(self._timing))
 
     def notes(self) -> list[str]:
         notes = [f"left out ({why}): {_names(names)}" for why, names in self.left_out.items()]

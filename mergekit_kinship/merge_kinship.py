@@ -148,8 +148,8 @@ def merge_with_kinship(config, out_path: str | Path, options=None, *,
     observer = MergeObserver(inputs, anc, device if device.startswith("cuda") else "cpu",
                              max_in_flight=max_in_flight)
     try:
-        hook.run_merge_observed(config, str(out_path), options, config_source,
-                                observe=observer.tasks)
+        hook.run_merge_observed(config, str(out_path), options=options,
+                                config_source=config_source, observe=observer.tasks)
     finally:
         observed = observer.finish()
     if observed.error is not None:

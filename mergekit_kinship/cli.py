@@ -23,6 +23,7 @@ COMMANDS = {
     "check": "mergekit_kinship.commands.check:check_cmd",
     "demo": "mergekit_kinship.commands.demo:demo_cmd",
     "plan": "mergekit_kinship.commands.plan:plan_cmd",
+    "merge": "mergekit_kinship.commands.merge:merge_cmd",
     "evolve": "mergekit_kinship.commands.evolve:evolve_cmd",
     "compare": "mergekit_kinship.commands.compare:compare_cmd",
     "card": "mergekit_kinship.commands.card:card_cmd",

@@ -34,6 +34,7 @@ def weights_of(pool: "Pool", model_id: str) -> str:
 def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False) -> "ChildJob":
     """The self-contained unit of work that merges (a child or baseline of this run) and scores
     ``m``. ``optional``: a failed evaluation leaves ``m`` out instead of stopping the run."""
+    from mergekit_kinship.children import reference
     from mergekit_kinship.executors.job import ChildJob
 
     own_child = m.kind in ("child", "baseline") and not m.external
@@ -43,4 +44,5 @@ def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False) -> "ChildJo
                     evaluation=pool.recipe.evaluation.model_dump(mode="json"),
                     yaml_text=m.yaml if own_child else None, seed=m.seed,
                     tokenizer_from=pool.models[m.parents[0]].path if m.parents else None,
-                    evaluator=pool.evaluator, optional=optional)
+                    evaluator=pool.evaluator, optional=optional,
+                    ancestor=reference(pool, None) if own_child else None)

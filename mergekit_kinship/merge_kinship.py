@@ -1,183 +1,235 @@
-"""The kinship of one merge: its input models pairwise, and each input with the merged output,
-as deltas from one shared ancestor.
+"""Kinship computed inside a mergekit merge, and the ``kinship.json`` it leaves in the merged folder.
 
-Two sources, one result type (:class:`MergeKinship`):
+:func:`merge_with_kinship` is ``mergekit.merge.run_merge`` plus kinship: the same merge (the
+weights byte for byte), and, from the tensors the merge loads anyway, the kinship of its input
+models as deltas from their shared ancestor and each input's kinship with the merged output
+(see :mod:`mergekit_kinship.merge_observer` for what is compared and why). The result is a
+:class:`MergeKinship`, written as ``OUT/kinship.json``; :func:`read_merge_kinship` reads it back
+(``evolve`` records a child's kinship with its parents from it, a card can quote it).
 
-- ``OUT_DIR/kinship.json``, written during the merge by ``mergekit-kinship merge`` (read by
-  :func:`read_kinship_json`, which tolerates the file's absence and any shape it does not know:
-  it then returns None and the caller measures the kinship itself);
-- :func:`measure`: the streaming engine
-  (:func:`mergekit_kinship.streaming_kinship.kinship_matrix`) over the inputs and the output,
-  reading each model once.
+The ancestor is ``ancestor`` when given, else the config's ``base_model`` when the method takes
+task vectors from it (``ties``, ``task_arithmetic``, ``dare_*``, ``nuslerp`` with a base, ...).
+``slerp``'s ``base_model`` is one of its endpoints and ``linear`` has none: they need ``ancestor``.
 
-Shapes :func:`read_kinship_json` understands (keys in any of the spellings listed):
-
-- the inputs: a list of names under ``inputs`` / ``models`` / ``names``, at the top level or in
-  the pairwise block; the ancestor under ``base`` / ``ancestor``;
-- pairwise kinship under ``pairwise`` / ``kinship`` / ``inputs`` / ``values`` / ``matrix``: a
-  ``{metric: N x N matrix}`` mapping (``KinshipMatrix.to_dict()``'s ``values``), or a block
-  holding one under ``values``, or a list of ``{"a"/"model_a", "b"/"model_b", metric: value}``
-  (or ``"values": {metric: value}``) records;
-- each input with the output under ``output`` / ``with_output`` / ``vs_output`` /
-  ``output_kinship``: ``{metric: [value per input]}``, ``{input: {metric: value}}``, or a list
-  of ``{"model"/"input", metric: value}`` records.
-
-Importing this module is cheap; torch is imported by :func:`measure` only.
+This module imports torch and mergekit only inside :func:`merge_with_kinship`; reading and
+writing the result is plain JSON.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mergekit_kinship.metrics import ALIASES, METRICS
+from mergekit_kinship.errors import UserError
+from mergekit_kinship.metrics import METRICS, self_kinship
 
 KINSHIP_FILE = "kinship.json"
+FORMAT = 1
 
-Values = dict[str, Optional[float]]  # metric -> value (None: undefined, e.g. a zero delta)
+
+class KinshipNotComputed(UserError):
+    """The merge was written, but its kinship could not be computed (e.g. NaN in a weight)."""
 
 
 @dataclass
 class MergeKinship:
-    """``pairs[(i, j)]`` (i < j, indices into ``inputs``) and ``with_output[i]`` map each metric to
-    its value; ``source`` says where the numbers come from (``kinship.json`` or ``measured``)."""
+    """Kinship of a merge's inputs against their ancestor, and of each input with the output.
 
-    inputs: list[str]
-    ancestor: Optional[str]
+    ``models``: the inputs' references as the config gives them (config order), ``names`` their
+    display names. ``models_kinship[metric]``: N×N (diagonal 1 or 0; None where undefined, e.g. a
+    zero delta). ``output_kinship[metric][i]``: input i with the merged output. ``tensors`` /
+    ``params``: what the inputs were compared over; ``output_tensors`` / ``output_params``: the
+    same for the output (fewer when the merge re-orders the vocabulary). ``extra_bytes``: bytes
+    read for kinship only (an ancestor the method does not load, weights the merge dtype rounds).
+    """
+
+    method: str
+    ancestor: str
+    ancestor_name: str
+    models: list[str]
+    names: list[str]
     metrics: list[str]
-    pairs: dict[tuple[int, int], Values] = field(default_factory=dict)
-    with_output: list[Values] = field(default_factory=list)
-    source: str = "measured"
+    models_kinship: dict[str, list[list[Optional[float]]]]
+    output_kinship: dict[str, list[Optional[float]]]
+    tensors: int
+    params: int
+    output_tensors: int
+    output_params: int
+    extra_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+    computed: str = "during the merge (mergekit-kinship merge hook)"
+    # Not written to kinship.json: CPU seconds of the reducing thread (reduce_cpu_s) and seconds
+    # mergekit's thread waited for it (merge_waited_s), for benchmarks.
+    timing: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["timing"]
+        return {"format": FORMAT, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MergeKinship":
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a kinship.json of format {FORMAT}")
+        fields = {k: v for k, v in data.items() if k not in ("format", "timing")}
+        return cls(**fields)
+
+    def pair(self, i: int, j: int) -> dict[str, Optional[float]]:
+        """Kinship of inputs i and j, by metric."""
+        return {m: self.models_kinship[m][i][j] for m in self.metrics}
+
+    def with_output(self, i: int) -> dict[str, Optional[float]]:
+        """Kinship of input i with the merged output, by metric."""
+        return {m: self.output_kinship[m][i] for m in self.metrics}
+
+    def write(self, folder: str | Path) -> Path:
+        from mergekit_kinship.atomic_io import write_json
+
+        return write_json(Path(folder) / KINSHIP_FILE, self.to_dict())
+
+    def table(self) -> str:
+        """The result as two plain-text tables (the inputs' kinship, then with the output)."""
+        from mergekit_kinship.formatting import metric_value, text_table
+
+        lines = [f"kinship of the inputs as deltas from {self.ancestor_name} "
+                 f"({self.tensors} tensors, {self.params:,} parameters):"]
+        n = len(self.names)
+        rows = [[f"{self.names[i]} / {self.names[j]}",
+                 *[metric_value(self.models_kinship[m][i][j], m) for m in self.metrics]]
+                for i in range(n) for j in range(i + 1, n)]
+        if rows:
+            lines.append(text_table(["pair", *self.metrics], rows, align_right=range(1, 1 + len(self.metrics))))
+        lines.append(f"\neach input with the merged output ({self.output_tensors} tensors, "
+                     f"{self.output_params:,} parameters):")
+        rows = [[self.names[i], *[metric_value(self.output_kinship[m][i], m) for m in self.metrics]]
+                for i in range(n)]
+        lines.append(text_table(["model", *self.metrics], rows, align_right=range(1, 1 + len(self.metrics))))
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
 
-def measure(inputs: list[str], ancestor: str, output: str | os.PathLike,
-            metrics=METRICS, progress: bool = False) -> MergeKinship:
-    """Kinship of ``inputs`` pairwise and of each with ``output`` (model references: folders or
-    hub ids), deltas from ``ancestor``; one streaming pass, each model read once (memory: one
-    block of tensors, float64 accumulators). UserError as the engine raises them."""
-    from mergekit_kinship.streaming_kinship import kinship_matrix
+def read_merge_kinship(folder: str | Path) -> Optional[MergeKinship]:
+    """The ``kinship.json`` of a merged folder, or None when there is none (or not ours)."""
+    try:
+        return MergeKinship.from_dict(json.loads(Path(folder, KINSHIP_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
-    matrix = kinship_matrix([*inputs, str(output)], ancestor, metrics=tuple(metrics),
-                            progress=progress)
-    n = len(inputs)
+
+def merge_with_kinship(config, out_path: str | Path, options=None, *,
+                       config_source: Optional[str] = None, ancestor: Optional[str] = None,
+                       write: bool = True, max_in_flight: int = 1) -> MergeKinship:
+    """Merge ``config`` (a mergekit ``MergeConfiguration``) into ``out_path`` exactly as
+    ``mergekit.merge.run_merge(config, out_path, options, config_source)`` does, and return the
+    kinship observed on the way (written to ``out_path/kinship.json`` when ``write``).
+
+    ``ancestor``: the models' shared ancestor (path or hub id); default: the config's
+    ``base_model`` when the method takes task vectors from it. Raises :class:`UserError` before
+    anything is written when there is no ancestor or the config is not one kinship can observe
+    (slices that move layers), and :class:`KinshipNotComputed` after a complete merge whose
+    kinship failed. Memory beyond the merge's: the accumulators, float64 scratch, and the inputs
+    of ``max_in_flight`` tensors waiting for the reducing thread.
+    """
+    from mergekit.options import MergeOptions
+
+    from mergekit_kinship import merge_hook as hook
+    from mergekit_kinship.merge_observer import MergeObserver
+
+    options = options or MergeOptions()
+    method = config.merge_method
+    anc = resolve_ancestor(config, ancestor)
+    inputs = merge_inputs(config, anc)  # before the planner normalises the config in place
+    if not inputs:
+        raise UserError(f"the config merges no model other than the ancestor {anc}: "
+                        "there is no kinship to compute")
+    device = str(options.device or "cpu")
+    observer = MergeObserver(inputs, anc, device if device.startswith("cuda") else "cpu",
+                             max_in_flight=max_in_flight)
+    try:
+        hook.run_merge_observed(config, str(out_path), options=options,
+                                config_source=config_source, observe=observer.tasks)
+    finally:
+        observed = observer.finish()
+    if observed.error is not None:
+        raise KinshipNotComputed(f"kinship: {observed.error} (the merge itself was written to "
+                                 f"{out_path}; no {KINSHIP_FILE})")
+    result = _result(method, anc, inputs, observed)
+    if write and os.path.isdir(out_path):
+        result.write(out_path)
+    return result
+
+
+def resolve_ancestor(config, ancestor: Optional[str]):
+    """The ancestor's mergekit model reference (see the module docstring)."""
+    from mergekit_kinship import merge_hook as hook
+
+    if ancestor:
+        return hook.parse_model(str(ancestor))
+    method = config.merge_method
+    if config.base_model is not None and _base_is_ancestor(method):
+        return config.base_model
+    why = (f"{method}'s base_model is one of the models it interpolates, not their ancestor"
+           if config.base_model is not None else f"the config ({method}) has no base_model")
+    raise UserError(f"{why}: give --base ANCESTOR, the model the inputs were fine-tuned from")
+
+
+def _base_is_ancestor(method: str) -> bool:
+    from mergekit_kinship.merge_methods import method_info
+
+    try:
+        return method_info(method).base in ("ancestor", "optional")
+    except ValueError:
+        return False
+
+
+def merge_inputs(config, ancestor) -> list:
+    """The models a config merges, in config order (each once), without the ancestor."""
+    from mergekit_kinship.merge_observer import same_model
+
+    ordered: list = []
+
+    def add(model):
+        if not same_model(model, ancestor) and not any(same_model(model, m) for m in ordered):
+            ordered.append(model)
+
+    for entry in config.models or []:
+        add(entry.model)
+    for out_slice in config.slices or []:
+        for source in out_slice.sources:
+            add(source.model)
+    for module in (config.modules or {}).values():
+        for entry in module.models or []:
+            add(entry.model)
+        for out_slice in module.slices or []:
+            for source in out_slice.sources:
+                add(source.model)
+    if config.base_model is not None:
+        add(config.base_model)
+    return ordered
+
+
+def _display(models) -> list[str]:
+    names = [Path(str(m.model.path)).name if os.path.isdir(str(m.model.path)) else str(m)
+             for m in models]
+    return [str(m) if names.count(n) > 1 else n for m, n in zip(models, names)]
+
+
+def _result(method: str, ancestor, inputs, observed) -> MergeKinship:
+    k = len(inputs)
+    models_kinship, output_kinship = {}, {}
+    for metric in METRICS:
+        diag = self_kinship(metric)
+        models_kinship[metric] = [[diag if i == j else observed.models.metric(metric, i, j)
+                                   for j in range(k)] for i in range(k)]
+        output_kinship[metric] = [observed.with_output.metric(metric, i, k)
+                                  if observed.with_output.n else None for i in range(k)]
+    names = _display([ancestor, *inputs])
     return MergeKinship(
-        inputs=list(inputs), ancestor=ancestor, metrics=list(matrix.metrics),
-        pairs={(i, j): {m: matrix.values[m][i][j] for m in matrix.metrics}
-               for i in range(n) for j in range(i + 1, n)},
-        with_output=[{m: matrix.values[m][i][n] for m in matrix.metrics} for i in range(n)],
-        source="measured")
-
-
-def read_kinship_json(model_dir: str | os.PathLike, inputs: list[str]) -> Optional[MergeKinship]:
-    """The kinship recorded in ``model_dir/kinship.json`` for the merge of ``inputs`` (as its
-    config names them), or None when the file is absent, unreadable, of a shape this reader does
-    not know, or about other inputs. Never raises for the file's content."""
-    path = Path(model_dir) / KINSHIP_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    try:
-        return _parse(data, inputs)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
-        return None
-
-
-# ------------------------------------------------------------------------------ the reader
-
-_NAMES = ("inputs", "models", "names", "input_models")
-_PAIRWISE = ("pairwise", "kinship", "inputs", "values", "matrix", "input_kinship")
-_OUTPUT = ("output", "with_output", "vs_output", "output_kinship", "inputs_vs_output")
-_A, _B = ("a", "model_a", "first"), ("b", "model_b", "second")
-
-
-def _first(data: dict, keys, kind) -> Any:
-    return next((data[k] for k in keys if isinstance(data.get(k), kind)), None)
-
-
-def _metric(name) -> Optional[str]:
-    name = ALIASES.get(name, name) if isinstance(name, str) else None
-    return name if name in METRICS else None
-
-
-def _number(value) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _values(record: dict) -> Values:
-    """``{metric: value}`` from a record (its own keys, or its ``values`` mapping)."""
-    source = record.get("values") if isinstance(record.get("values"), dict) else record
-    return {_metric(k): _number(v) for k, v in source.items() if _metric(k)}
-
-
-def _is_name_list(value) -> bool:
-    return isinstance(value, list) and value and all(isinstance(v, str) for v in value)
-
-
-def _parse(data: dict, inputs: list[str]) -> Optional[MergeKinship]:
-    if not isinstance(data, dict):
-        return None
-    block = next((data[k] for k in _PAIRWISE if isinstance(data.get(k), dict)), None)
-    names = next((data[k] for k in _NAMES if _is_name_list(data.get(k))), None)
-    if names is None and block is not None:
-        names = next((block[k] for k in _NAMES if _is_name_list(block.get(k))), None)
-    order = _match(names, inputs)
-    if order is None:
-        return None
-    n = len(inputs)
-    pairs: dict[tuple[int, int], Values] = {}
-    records = next((data[k] for k in _PAIRWISE if isinstance(data.get(k), list)), None)
-    if block is not None:
-        grid = block.get("values") if isinstance(block.get("values"), dict) else block
-        for metric, matrix in grid.items():
-            if _metric(metric) and isinstance(matrix, list):
-                for i in range(n):
-                    for j in range(i + 1, n):
-                        a, b = sorted((order[i], order[j]))
-                        pairs.setdefault((a, b), {})[_metric(metric)] = _number(matrix[i][j])
-    elif records is not None:
-        for record in records:
-            a = order[names.index(_first(record, _A, str))]
-            b = order[names.index(_first(record, _B, str))]
-            pairs[tuple(sorted((a, b)))] = _values(record)
-    with_output = [{} for _ in range(n)]
-    output = next((data[k] for k in _OUTPUT if isinstance(data.get(k), (dict, list))), None)
-    if isinstance(output, dict) and isinstance(output.get("values"), dict):
-        output = output["values"]
-    if isinstance(output, dict):
-        for key, value in output.items():
-            if _metric(key) and isinstance(value, list):  # {metric: [per input]}
-                for i, v in enumerate(value[:n]):
-                    with_output[order[i]][_metric(key)] = _number(v)
-            elif key in names and isinstance(value, dict):  # {input: {metric: value}}
-                with_output[order[names.index(key)]] = _values(value)
-    elif isinstance(output, list):
-        for record in output:
-            name = _first(record, ("model", "input", "name"), str)
-            with_output[order[names.index(name)]] = _values(record)
-    metrics = [m for m in METRICS if any(m in v for v in [*pairs.values(), *with_output])]
-    if not metrics or (n > 1 and len(pairs) < n * (n - 1) // 2):
-        return None
-    return MergeKinship(inputs=list(inputs), ancestor=_first(data, ("base", "ancestor"), str),
-                        metrics=metrics, pairs=pairs, with_output=with_output,
-                        source=KINSHIP_FILE)
-
-
-def _match(names: Optional[list[str]], inputs: list[str]) -> Optional[list[int]]:
-    """``order[k]``: the index in ``inputs`` of the file's k-th name, or None when the file is
-    about other models. Names match exactly or by their last path component (a file that names
-    them otherwise is not trusted: the caller measures the kinship itself)."""
-    if names is None or len(names) != len(inputs):
-        return None
-
-    def short(ref: str) -> str:
-        return Path(str(ref).partition("@")[0].rstrip("/")).name
-
-    for key in (str, short):
-        wanted = [key(i) for i in inputs]
-        if len(set(wanted)) == len(wanted) and sorted(map(key, names)) == sorted(wanted):
-            return [wanted.index(key(name)) for name in names]
-    return None
+        method=method, ancestor=str(ancestor), ancestor_name=names[0],
+        models=[str(m) for m in inputs], names=names[1:], metrics=list(METRICS),
+        models_kinship=models_kinship, output_kinship=output_kinship,
+        tensors=observed.n_tensors, params=observed.models.n,
+        output_tensors=observed.n_output_tensors, output_params=observed.with_output.n,
+        extra_bytes=observed.extra_bytes, notes=observed.notes, timing=observed.timing)

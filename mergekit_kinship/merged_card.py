@@ -12,7 +12,7 @@ From the folder's ``mergekit_config.yml`` (mergekit's ``MergeConfiguration``):
 
 Kinship (inputs pairwise, each input with the merged model) comes from ``kinship.json`` in the
 folder when it holds one about these inputs, else is measured
-(:mod:`mergekit_kinship.merge_kinship`).
+(:mod:`mergekit_kinship.card_kinship`).
 
 The card is ``README.md`` (huggingface_hub's ``ModelCard``). An existing one (mergekit writes one)
 is updated in place: its metadata keeps every key, with ``base_model`` set to the inputs' hub
@@ -35,7 +35,8 @@ from mergekit_kinship.atomic_io import write_text
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.formatting import metric_value
 from mergekit_kinship.hub import is_hub_id, split_revision
-from mergekit_kinship.merge_kinship import KINSHIP_FILE, MergeKinship, measure, read_kinship_json
+from mergekit_kinship.card_kinship import CardKinship, from_kinship_json, measure, same_model
+from mergekit_kinship.merge_kinship import KINSHIP_FILE
 
 CONFIG_FILE = "mergekit_config.yml"
 CARD_FILE = "README.md"
@@ -104,7 +105,7 @@ def read_merged_model(model_dir: str | os.PathLike, base: Optional[str] = None) 
                "the config names no base_model")
         raise UserError(f"{path}: {config.merge_method} takes no shared ancestor ({why}); pass "
                         f"--base MODEL, the model the inputs were fine-tuned from")
-    inputs = [r for r in refs if _same_model(r) != _same_model(ancestor)]
+    inputs = [r for r in refs if same_model(r) != same_model(ancestor)]
     if not inputs:
         raise UserError(f"{path}: no merged model other than the ancestor {ancestor}")
     return MergedModel(folder=folder, config=config, config_text=text, method=config.merge_method,
@@ -124,16 +125,10 @@ def _references_in_order(config) -> list[str]:
     return named + rest
 
 
-def _same_model(ref: str) -> str:
-    """A key under which two spellings of one local folder are equal."""
-    return os.path.realpath(ref) if os.path.exists(ref) else ref
-
-
-def merge_kinship(merged: MergedModel, progress: bool = False) -> MergeKinship:
+def merge_kinship(merged: MergedModel, progress: bool = False) -> CardKinship:
     """``kinship.json``'s values when it is about these inputs (and this ancestor), else measured."""
-    recorded = read_kinship_json(merged.folder, merged.inputs)
-    if recorded is not None and (recorded.ancestor is None
-                                 or _same_model(recorded.ancestor) == _same_model(merged.ancestor)):
+    recorded = from_kinship_json(merged.folder, merged.inputs, merged.ancestor)
+    if recorded is not None:
         return recorded
     return measure(merged.inputs, merged.ancestor, merged.folder, progress=progress)
 
@@ -159,7 +154,7 @@ def _row(cells) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def kinship_section(merged: MergedModel, kinship: MergeKinship, hub_ids: list[str]) -> str:
+def kinship_section(merged: MergedModel, kinship: CardKinship, hub_ids: list[str]) -> str:
     """Our section of the card (Markdown, without the markers)."""
     metrics = kinship.metrics
     source = ("measured during the merge (`kinship.json`)" if kinship.source == KINSHIP_FILE
@@ -225,7 +220,7 @@ def _body(existing: str, section: str, merged: MergedModel) -> str:
     return existing.rstrip("\n") + "\n\n" + block
 
 
-def build_merged_card(merged: MergedModel, kinship: MergeKinship, existing: Optional[str] = None):
+def build_merged_card(merged: MergedModel, kinship: CardKinship, existing: Optional[str] = None):
     """The card (``huggingface_hub.ModelCard``): ``existing`` (README text) updated, or a new
     one. UserError if ``existing`` has metadata that is not valid YAML."""
     from huggingface_hub import ModelCard, ModelCardData

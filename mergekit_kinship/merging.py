@@ -85,8 +85,14 @@ def validate_yaml(yaml_text: str):
 
 def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = None,
                cuda: Optional[bool] = None, marker: Optional[dict] = None,
-               tokenizer_from: Optional[str] = None) -> Path:
+               tokenizer_from: Optional[str] = None, ancestor: Optional[str] = None) -> Path:
     """Run ``yaml_text`` through mergekit's pipeline into ``out_dir``, atomically.
+
+    With ``ancestor`` (the family's shared ancestor, as the YAML names models), the merge runs
+    through the kinship hook (:func:`mergekit_kinship.merge_kinship.merge_with_kinship`): the
+    same weights, plus ``kinship.json`` (the parents' kinship and each parent's with the child)
+    computed from the tensors the merge loads. A merge whose kinship fails is still kept,
+    without ``kinship.json`` (the pool then measures it with the streaming engine).
 
     The merge is written to a temporary sibling folder; ``marker`` (JSON) is written into it,
     and only then is it renamed to ``out_dir``, so ``out_dir`` either does not exist or is a
@@ -105,7 +111,7 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
     tmp_root.mkdir(parents=True, exist_ok=True)
 
     try:
-        _merge_into(yaml_text, tmp, out_dir, seed, cuda, marker, tokenizer_from)
+        _merge_into(yaml_text, tmp, out_dir, seed, cuda, marker, tokenizer_from, ancestor)
     except BaseException:
         # A failed merge (a full disk, a mergekit error, Ctrl-C) leaves no partial child; only
         # SIGKILL can leave .partial-* behind, and the next run removes those (clean_partials).
@@ -115,7 +121,8 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
     return out_dir
 
 
-def _merge_into(yaml_text: str, tmp: Path, out_dir: Path, seed, cuda, marker, tokenizer_from):
+def _merge_into(yaml_text: str, tmp: Path, out_dir: Path, seed, cuda, marker, tokenizer_from,
+                ancestor):
     import torch
     from mergekit.config import MergeConfiguration
     from mergekit.io.tasks import LoaderCache
@@ -131,7 +138,15 @@ def _merge_into(yaml_text: str, tmp: Path, out_dir: Path, seed, cuda, marker, to
     use_cuda = torch.cuda.is_available() if cuda is None else cuda
     options = MergeOptions(cuda=use_cuda, copy_tokenizer=True, random_seed=seed, quiet=True,
                            lazy_unpickle=True)
-    run_merge(config, str(tmp), options=options, config_source=yaml_text)
+    if ancestor is None:
+        run_merge(config, str(tmp), options=options, config_source=yaml_text)
+    else:
+        from mergekit_kinship.merge_kinship import KinshipNotComputed, merge_with_kinship
+
+        try:
+            merge_with_kinship(config, tmp, options, config_source=yaml_text, ancestor=ancestor)
+        except KinshipNotComputed:
+            pass  # the weights are complete; relate() measures the kinship and reports the error
     LoaderCache().loaders.clear()
 
     # mergekit logs (does not raise) when it cannot copy a tokenizer; lm-eval needs one.

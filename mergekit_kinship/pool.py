@@ -161,6 +161,8 @@ class Pool:
                       f"({result.error})", file=sys.stderr)
                 continue
             self.set_scores(m, result.scores, result.stderr)
+            if result.kinship is not None and m.kind == "child":
+                self.record_merge_kinship(m, result.kinship)
             if m.kind == "child" and not m.external:
                 folder = self.rd.model_dir(m.id)
                 m.path = str(folder) if folder.exists() else None
@@ -182,6 +184,25 @@ class Pool:
 
     def kinship(self, a: str, b: str, metric: Optional[str] = None) -> Optional[float]:
         return self.cache.kinship(self._key(a, b)).get(metric or self.metric)
+
+    def record_merge_kinship(self, child: PoolModel, kinship: dict) -> None:
+        """Record what the merge hook measured (the child's ``kinship.json``, against the
+        family's ancestor): the parents' kinship and each parent's kinship with the child, so
+        :meth:`relate` does not read them again. Values already known are kept as they are; an
+        undefined one (None) is left to :meth:`relate`, whose engine says why."""
+        from mergekit_kinship.merge_kinship import MergeKinship
+
+        observed = MergeKinship.from_dict(kinship)
+        if len(observed.models) != len(child.parents) or len(child.parents) != 2:
+            return
+        a, b = child.parents
+        for (x, y), values in (((a, b), observed.pair(0, 1)),
+                               ((a, child.id), observed.with_output(0)),
+                               ((b, child.id), observed.with_output(1))):
+            known = self.cache.kinship(self._key(x, y))
+            new = {m: v for m, v in values.items() if m not in known and v is not None}
+            if new:
+                self.cache.record_kinship(self._key(x, y), [x, y], new)
 
     def relate(self, new_ids: Sequence[str]) -> None:
         """Kinship of every new model with every model of the pool (cached by content)."""

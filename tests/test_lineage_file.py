@@ -97,10 +97,10 @@ def test_mergekit_multi_rebuilds_the_best_child_after_keep_best(pruned_run, tmp_
     card = (tmp_path / "rebuilt" / "README.md").read_text()
     parents = [f"./intermediate/{stage_names(summary, best).get(p, p)}"
                for p in summary.models[best].parents]
-    expected = kinship(*parents, str(summary.base.path), progress=False).values
+    expected = kinship(*parents, str(summary.base.path), metrics="all", progress=False).values
     row = next(line for line in card.splitlines() if line.startswith(f"| `{parents[0]}` | `"))
     assert row.endswith(f"| {expected['pcc']:.4f} | {expected['cosine']:.4f} | "
-                        f"{expected['euclidean']:.4g} |")
+                        f"{expected['euclidean']:.4g} | {expected['sign_conflict']:.4f} |")
 
 
 def test_every_child_has_a_lineage_file_that_mergekit_multi_reads(pruned_run, tmp_path):

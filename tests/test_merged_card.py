@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,7 +14,8 @@ from click.testing import CliRunner
 
 from evolution_helpers import build_tiny_family
 from mergekit_kinship.cli import main
-from mergekit_kinship.merge_kinship import read_kinship_json
+from mergekit_kinship.card_kinship import from_kinship_json
+from mergekit_kinship.merge_kinship import MergeKinship
 from mergekit_kinship.merged_card import BEGIN, END, merge_kinship, read_merged_model
 
 OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -88,11 +90,9 @@ def test_rerun_keeps_the_users_text_and_rewrites_only_our_section(merged, tmp_pa
     assert (folder / "README.md").read_text() == first  # idempotent
     (folder / "README.md").write_text(first + "\n## My notes\n\nkeep me\n")
     # Numbers measured during the merge (kinship.json) now replace the measured ones.
-    inputs = read_merged_model(folder).inputs
-    (folder / "kinship.json").write_text(json.dumps({
-        "base": read_merged_model(folder).ancestor, "inputs": inputs,
-        "pairwise": {"pcc": [[1.0, 0.1234], [0.1234, 1.0]]},
-        "output": {"pcc": [0.5678, 0.9012]}}))
+    merged_model = read_merged_model(folder)
+    recorded(merged_model.inputs, merged_model.ancestor, pairwise=0.1234,
+             output=[0.5678, 0.9012]).write(folder)
     assert card(folder, "-q").exit_code == 0
     text = (folder / "README.md").read_text()
     assert text.endswith("## My notes\n\nkeep me\n")
@@ -113,11 +113,13 @@ def test_no_readme_gets_mergekits_facts_and_hub_inputs_become_base_model(tmp_pat
                          {"model": "org/code", "parameters": {"weight": 0.5}}],
               "dtype": "bfloat16"}
     (folder / "mergekit_config.yml").write_text(yaml.safe_dump(config))
-    (folder / "kinship.json").write_text(json.dumps({
-        "ancestor": "org/base", "models": ["org/math@0123abc", "org/code"],
-        "pairwise": [{"model_a": "org/math@0123abc", "model_b": "org/code", "pcc": 0.25,
-                      "cosine": 0.3, "euclidean": 12.5}],
-        "output": [{"model": "org/math@0123abc", "pcc": 0.7}, {"model": "org/code", "pcc": 0.6}]}))
+    record = recorded(["org/math@0123abc", "org/code"], "org/base", pairwise=0.25,
+                      output=[0.7, 0.6])
+    record.models_kinship["cosine"] = [[1.0, 0.3], [0.3, 1.0]]
+    record.models_kinship["euclidean"] = [[0.0, 12.5], [12.5, 0.0]]
+    record.output_kinship["cosine"] = [0.8, None]
+    record.output_kinship["euclidean"] = [1.0, None]
+    record.write(folder)
     result = card(folder)
     assert result.exit_code == 0, result.output
     written = ModelCard.load(folder / "README.md")
@@ -128,36 +130,70 @@ def test_no_readme_gets_mergekits_facts_and_hub_inputs_become_base_model(tmp_pat
     assert "`base_model` in the metadata" in text
     assert "Merge method: `ties`" in text and "merge_method: ties" in text  # mergekit's facts
     assert "| `org/math@0123abc` | `org/code` | 0.2500 | 0.3000 | 12.5 |" in text
-    assert "| `org/code` | 0.6000 | - | - |" in text  # a value the file lacks is shown missing
+    assert "| `org/code` | 0.6000 | - | - |" in text  # an undefined value is shown missing
 
 
-def test_kinship_json_shapes(tmp_path):
+def recorded(models, ancestor, *, pairwise, output) -> MergeKinship:
+    """A kinship.json as the merge hook writes it (mergekit_kinship.merge_kinship), pcc only
+    filled in; other metrics undefined."""
+    n = len(models)
+    grid = [[1.0 if i == j else pairwise for j in range(n)] for i in range(n)]
+    none = [[None] * n for _ in range(n)]
+    return MergeKinship(
+        method="ties", ancestor=ancestor, ancestor_name=Path(ancestor).name, models=list(models),
+        names=[Path(m).name for m in models], metrics=["pcc", "cosine", "euclidean"],
+        models_kinship={"pcc": grid, "cosine": none, "euclidean": [r[:] for r in none]},
+        output_kinship={"pcc": list(output), "cosine": [None] * n, "euclidean": [None] * n},
+        tensors=1, params=1, output_tensors=1, output_params=1)
+
+
+def test_kinship_json_is_used_only_for_the_same_inputs_and_ancestor(tmp_path):
     inputs = ["/m/a", "/m/b", "/m/c"]
-    grid = [[1.0, 0.1, 0.2], [0.1, 1.0, 0.3], [0.2, 0.3, 1.0]]
-    # KinshipMatrix.to_dict() at the top level, names by their last path component, cs alias.
-    (tmp_path / "kinship.json").write_text(json.dumps(
-        {"names": ["a", "b", "c"], "base": "/m/base", "values": {"cs": grid}}))
-    got = read_kinship_json(tmp_path, inputs)
-    assert got.metrics == ["cosine"] and got.pairs[(1, 2)] == {"cosine": 0.3}
-    assert got.ancestor == "/m/base" and got.with_output == [{}, {}, {}]
-    # Names in another order: values follow the names, not the positions.
-    (tmp_path / "kinship.json").write_text(json.dumps(
-        {"inputs": {"names": ["c", "a", "b"], "values": {"pcc": grid}},
-         "output": {"c": {"pcc": 0.9}, "a": {"pcc": 0.8}, "b": {"values": {"pcc": 0.7}}}}))
-    got = read_kinship_json(tmp_path, inputs)
-    assert got.pairs == {(0, 2): {"pcc": 0.1}, (1, 2): {"pcc": 0.2}, (0, 1): {"pcc": 0.3}}
+    # the file lists them in another order: values follow the models, not the positions
+    record = recorded(["/m/c", "/m/a", "/m/b"], "/m/base", pairwise=0.0, output=[0.9, 0.8, 0.7])
+    record.models_kinship["pcc"] = [[1.0, 0.1, 0.2], [0.1, 1.0, 0.3], [0.2, 0.3, 1.0]]
+    record.write(tmp_path)
+    got = from_kinship_json(tmp_path, inputs, "/m/base")
+    assert got.source == "kinship.json"
+    assert got.pairs[(0, 1)]["pcc"] == 0.3 and got.pairs[(0, 2)]["pcc"] == 0.1
+    assert got.pairs[(1, 2)]["pcc"] == 0.2
     assert [v["pcc"] for v in got.with_output] == [0.8, 0.7, 0.9]
-    # About other models, incomplete, or not ours: None (the card measures instead).
-    for bad in ({"names": ["a", "b"], "values": {"pcc": grid}},
-                {"names": ["a", "b", "x"], "values": {"pcc": grid}},
-                {"names": ["a", "b", "c"], "values": {"weird": grid}},
-                [1, 2], "text"):
-        (tmp_path / "kinship.json").write_text(json.dumps(bad))
-        assert read_kinship_json(tmp_path, inputs) is None, bad
+    # about other models, another ancestor, or not a kinship.json: None (the card measures)
+    assert from_kinship_json(tmp_path, ["/m/a", "/m/b"], "/m/base") is None
+    assert from_kinship_json(tmp_path, ["/m/a", "/m/b", "/m/x"], "/m/base") is None
+    assert from_kinship_json(tmp_path, inputs, "/m/other-base") is None
     (tmp_path / "kinship.json").write_text("{not json")
-    assert read_kinship_json(tmp_path, inputs) is None
+    assert from_kinship_json(tmp_path, inputs, "/m/base") is None
     (tmp_path / "kinship.json").unlink()
-    assert read_kinship_json(tmp_path, inputs) is None
+    assert from_kinship_json(tmp_path, inputs, "/m/base") is None
+
+
+def test_card_of_a_merge_kinship_made_quotes_its_kinship_json(tmp_path):
+    """`mergekit-kinship merge` writes kinship.json during the merge; `card` on its folder takes
+    the numbers from there (the same as measuring them), reading no weight again."""
+    from mergekit_kinship.streaming_kinship import kinship_matrix
+    from tiny_models import build_base, make_child
+
+    base = build_base(tmp_path / "base")
+    a = make_child(base, tmp_path / "a", seed=1, shared_seed=9)
+    b = make_child(base, tmp_path / "b", seed=2, shared_seed=9)
+    config = tmp_path / "ties.yml"
+    config.write_text(yaml.safe_dump({
+        "merge_method": "ties", "base_model": str(base),
+        "models": [{"model": str(a), "parameters": {"weight": 0.5, "density": 0.5}},
+                   {"model": str(b), "parameters": {"weight": 0.5, "density": 0.5}}],
+        "dtype": "float32"}))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["merge", str(config), str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (out / "kinship.json").is_file()
+    got = merge_kinship(read_merged_model(out))
+    assert got.source == "kinship.json"
+    engine = kinship_matrix([str(a), str(b), str(out)], str(base), progress=False)
+    assert got.pairs[(0, 1)]["pcc"] == pytest.approx(engine.values["pcc"][0][1], rel=1e-9)
+    assert got.with_output[1]["pcc"] == pytest.approx(engine.values["pcc"][1][2], rel=1e-9)
+    assert card(out, "-q").exit_code == 0
+    assert "measured during the merge (`kinship.json`)" in (out / "README.md").read_text()
 
 
 def test_slerp_needs_base_and_errors_are_one_line(tmp_path, merged):
@@ -171,8 +207,7 @@ def test_slerp_needs_base_and_errors_are_one_line(tmp_path, merged):
     assert no_base.exit_code == 2
     assert "slerp takes no shared ancestor (its base_model is one of the merged models); pass " \
            "--base MODEL" in no_base.output
-    (folder / "kinship.json").write_text(json.dumps(
-        {"base": "org/base", "inputs": ["org/a", "org/b"], "pairwise": {"pcc": [[1, 0.4], [0.4, 1]]}}))
+    recorded(["org/a", "org/b"], "org/base", pairwise=0.4, output=[0.5, 0.6]).write(folder)
     with_base = card(folder, "--base", "org/base")
     assert with_base.exit_code == 0, with_base.output
     text = (folder / "README.md").read_text()

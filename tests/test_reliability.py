@@ -354,9 +354,14 @@ def full_disk_merge(real_run_merge):
 def test_full_disk_during_merge_leaves_no_partial_child_and_resumes(fam, tmp_path, monkeypatch):
     import mergekit.merge
 
+    from mergekit_kinship import merge_hook
+
     recipe = write_recipe(tmp_path, "disk")
     with monkeypatch.context() as mp:
         mp.setattr(mergekit.merge, "run_merge", full_disk_merge(mergekit.merge.run_merge))
+        # evolve's merges run mergekit's steps through the kinship hook
+        mp.setattr(merge_hook, "run_merge_observed",
+                   full_disk_merge(merge_hook.run_merge_observed))
         line = error_line(evolve_cli(recipe, tmp_path / "run"))
     assert "no space left on device while merging child" in line and "resumes" in line
     assert list((tmp_path / "run" / "models").iterdir()) == []  # no partial child, no temp

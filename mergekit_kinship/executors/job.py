@@ -35,6 +35,7 @@ class ChildJob:
     tokenizer_from: Optional[str] = None
     evaluator: Optional[str] = None  # "module:function" scoring the model; None: lm-eval
     optional: bool = False  # a reference (the base, a baseline): failing leaves it out, never stops
+    ancestor: Optional[str] = None  # the family's ancestor: the merge records kinship.json
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +51,9 @@ class JobResult:
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
     error: Optional[str] = None  # the evaluation failed for good (evaluation.on_error): skipped
+    # The child's kinship.json (merge_kinship.MergeKinship.to_dict) when its folder has one: the
+    # driver records the parents' kinship with the child from it (workers never write the cache).
+    kinship: Optional[dict] = None
 
 
 def merge_done(model_path: str | Path, model_id: str, identity: str) -> bool:
@@ -74,7 +78,8 @@ def ensure_merged(job: ChildJob) -> tuple[bool, float]:
     started = time.perf_counter()
     try:
         merge_yaml(job.yaml_text, path, seed=job.seed, tokenizer_from=job.tokenizer_from,
-                   marker={"child": job.model_id, "identity": job.identity})
+                   marker={"child": job.model_id, "identity": job.identity},
+                   ancestor=job.ancestor)
     except Exception as err:
         # safetensors reports a full disk as its own error type, with the OS message inside.
         if not (getattr(err, "errno", None) == errno.ENOSPC
@@ -144,7 +149,18 @@ def run_child_job(job: ChildJob) -> JobResult:
         scored_now, eval_seconds = True, result.seconds
     result = record["result"]
     return JobResult(job.model_id, dict(result["scores"]), dict(result.get("stderr") or {}),
-                     merged_now, scored_now, merge_seconds, eval_seconds)
+                     merged_now, scored_now, merge_seconds, eval_seconds,
+                     kinship=_merge_kinship(job))
+
+
+def _merge_kinship(job: ChildJob) -> Optional[dict]:
+    """The kinship.json of the child's folder, if the hook wrote one against this ancestor."""
+    if job.yaml_text is None or job.ancestor is None:
+        return None
+    from mergekit_kinship.merge_kinship import read_merge_kinship
+
+    found = read_merge_kinship(job.model_path)
+    return found.to_dict() if found is not None else None
 
 
 class EvaluationFailed(RuntimeError):

@@ -26,8 +26,10 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def _files(folder: Path) -> dict[str, bytes]:
+    """Every file mergekit writes, byte for byte, but its model card: ``merge`` adds its kinship
+    section to README.md (test_the_merged_model_gets_a_card_with_its_kinship)."""
     return {f.name: f.read_bytes() for f in sorted(folder.iterdir())
-            if f.is_file() and f.name != KINSHIP_FILE}
+            if f.is_file() and f.name not in (KINSHIP_FILE, "README.md")}
 
 
 def _mergekit_yaml(args):
@@ -120,3 +122,31 @@ def test_mistakes_are_one_line(fam, tmp_path, text, args, message):
 def test_a_config_that_cannot_be_read_is_one_line(tmp_path):
     result = _ours([tmp_path / "missing.yml", tmp_path / "out"], code=2)
     assert "missing.yml: cannot read the config" in result.output
+
+
+def test_the_merged_model_gets_a_card_with_its_kinship(fam, tmp_path):
+    """issue 11: merge writes mergekit's model card with a kinship section (from the
+    kinship.json it just wrote); --no-write-model-card writes neither card."""
+    from huggingface_hub import ModelCard
+
+    from mergekit_kinship.merged_card import BEGIN
+
+    config = _write(tmp_path, "ties.yml", f"""
+merge_method: ties
+base_model: {fam['base']}
+models:
+  - model: {fam['child0']}
+    parameters: {{weight: 0.5, density: 0.5}}
+  - model: {fam['child1']}
+    parameters: {{weight: 0.5, density: 0.5}}
+dtype: float32
+""")
+    _ours([config, tmp_path / "out", "-q"])
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert "model-kinship" in card.data.to_dict()["tags"]
+    assert card.text.count(BEGIN) == 1 and "measured during the merge (`kinship.json`)" in card.text
+    pcc = read_merge_kinship(tmp_path / "out").models_kinship["pcc"][0][1]
+    assert f"| {pcc:.4f} |" in card.text
+    _ours([config, tmp_path / "bare", "-q", "--no-write-model-card"])
+    assert not (tmp_path / "bare" / "README.md").exists()
+    assert (tmp_path / "bare" / KINSHIP_FILE).is_file()

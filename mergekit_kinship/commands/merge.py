@@ -89,20 +89,26 @@ def merge_options(fn):
 def merge_cmd(config_file, out_path, base, as_json, **options):
     """Merge CONFIG into OUT_DIR exactly as mergekit-yaml does, and write OUT_DIR/kinship.json.
 
-    The kinship of the merged models (pcc, cosine, euclidean of their deltas from BASE) and each
-    model's kinship with the merged output are computed during the merge, from the tensors it
-    loads anyway: no second read of the models.
+    The kinship of the merged models (pcc, cosine, euclidean and sign conflict of their deltas
+    from BASE) and each model's kinship with the merged output are computed during the merge,
+    from the tensors it loads anyway: no second read of the models. mergekit's model card
+    (README.md) gets a kinship section, as `mergekit-kinship card OUT_DIR` writes it.
     """
     from mergekit_kinship.commands.common import no_progress_bars
 
     quiet = bool(options.get("quiet"))
     with no_progress_bars() if quiet else contextlib.nullcontext():
         result = run(config_file, out_path, base, options)
+        card = None
+        if options.get("write_model_card") is not False:  # mergekit's card, with our section
+            from mergekit_kinship.merged_card import write_merged_card
+
+            card = write_merged_card(out_path, base)  # reads the kinship.json just written
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
         return
     click.echo(result.table())
-    click.echo(f"\nwrote {out_path} and its kinship.json")
+    click.echo(f"\nwrote {out_path}, its kinship.json" + (f" and its model card {card}" if card else ""))
 
 
 def run(config_file: str, out_path: str, base, options: dict):

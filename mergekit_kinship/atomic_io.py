@@ -21,12 +21,17 @@ def write_text(path: str | os.PathLike, text: str, *, sync: bool = True) -> Path
     ``sync`` fsyncs the data before the rename (survives power loss, not only a kill). Raises
     ``OSError`` as the file system reports it; callers turn it into a one-line error.
     """
+    return write_bytes(path, text.encode("utf-8"), sync=sync)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, *, sync: bool = True) -> Path:
+    """:func:`write_text` for bytes (e.g. a sketch's safetensors file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             if sync:
                 os.fsync(stream.fileno())

@@ -167,12 +167,14 @@ class KinshipAccumulator:
         self.groups.setdefault(group, Moments(self.n_models, self.signs)).merge(stats)
         self._total = None
 
-    def add(self, base: torch.Tensor, models, group: str = "all", *, tensor: str = "?") -> None:
+    def add(self, base: torch.Tensor, models, group: str = "all", *, tensor: str = "?",
+            on_deltas=None) -> None:
         """Add one tensor: ``base`` and each of the N ``models`` tensors, all of one shape, any
         floating dtype and device. A model with added vocabulary rows is passed as its first
-        ``base.shape[0]`` rows. ``tensor`` names it in errors. Memory: the reducer's scratch, plus
-        one copy of any tensor that is not contiguous. Raises :class:`UserError` on NaN or Inf
-        (nothing is merged then), ``ValueError`` on a wrong count or shape."""
+        ``base.shape[0]`` rows. ``tensor`` names it in errors. ``on_deltas``: see
+        :meth:`_BlockReducer.reduce` (e.g. a sketch builder's feed). Memory: the reducer's
+        scratch, plus one copy of any tensor that is not contiguous. Raises :class:`UserError` on
+        NaN or Inf (nothing is merged then), ``ValueError`` on a wrong count or shape."""
         models = list(models)
         if len(models) != self.n_models:
             raise ValueError(f"expected {self.n_models} model tensors, got {len(models)}")
@@ -185,7 +187,7 @@ class KinshipAccumulator:
             return
         if self._reducer is None:
             self._reducer = self.reducer()
-        stats = self._reducer.reduce(blocks, blocks[0].numel())
+        stats = self._reducer.reduce(blocks, blocks[0].numel(), on_deltas)
         if stats is None:
             labels = ["the base"] + [f"model {k}" for k in range(self.n_models)]
             raise non_finite_error(tensor, blocks, labels)
@@ -252,9 +254,11 @@ class _BlockReducer:
             d[row].copy_(model[s:e])
         return d.sub_(bb)
 
-    def reduce(self, blocks: list[torch.Tensor], count: int) -> BlockStats | None:
+    def reduce(self, blocks: list[torch.Tensor], count: int, on_deltas=None) -> BlockStats | None:
         """Stats of the first ``count`` elements of the 1-D ``blocks`` (base first), or None if
-        any value is NaN or Inf."""
+        any value is NaN or Inf. ``on_deltas(d, start)``, when given, sees each sub-chunk's float64
+        deltas (N × n, elements [start, start + n) of the block) before they are overwritten, in
+        the calling thread: what a delta sketch is made from, in the same pass."""
         if self.dev.type != "cpu":
             blocks = [b.to(self.dev, non_blocking=False) for b in blocks]
         base, models = blocks[0], blocks[1:]
@@ -267,6 +271,8 @@ class _BlockReducer:
         codes = [torch.empty_like(Gs) for _ in range(1 if packed else 2)] if self.signs else None
         for k, s in enumerate(starts):
             d = self._deltas(base, models, s, min(count, s + sub))
+            if on_deltas is not None:
+                on_deltas(d, s)
             torch.sum(d, dim=1, out=sums[k])
             torch.mm(d, d.T, out=Gs[k])
             if codes is not None:  # after the Gram: this overwrites the deltas
@@ -296,6 +302,20 @@ class _BlockReducer:
                 E[i, j] = E[j, i] = self._direct_sq_distance(models[i], models[j], count)
         B, X = _sign_counts(codes, packed) if codes is not None else (None, None)
         return BlockStats(count, mean.cpu(), C.cpu(), E.clamp_min_(0).cpu(), B, X)
+
+    def deltas_only(self, blocks: list[torch.Tensor], count: int, on_deltas) -> bool:
+        """Only feed ``on_deltas`` (see :meth:`reduce`) each sub-chunk's deltas, for a pass that
+        sketches without exact moments; False (and stop) at a NaN or Inf."""
+        if self.dev.type != "cpu":
+            blocks = [b.to(self.dev, non_blocking=False) for b in blocks]
+        sub = min(self.sub, count)
+        self._scratch(sub)
+        for s in range(0, count, sub):
+            d = self._deltas(blocks[0], blocks[1:], s, min(count, s + sub))
+            if not bool(torch.isfinite(d).all()):
+                return False
+            on_deltas(d, s)
+        return True
 
     @staticmethod
     def _count_signs(d: torch.Tensor, out: list[torch.Tensor], packed: bool) -> None:

@@ -13,7 +13,7 @@ import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -46,6 +46,9 @@ class KinshipPass:
     n_tensors: int
     warnings: list[str]
     rows: list[int]  # model index -> row in the accumulator (-1: not read)
+    bytes_read: int = 0  # checkpoint bytes read from the models and the base
+    sketches: list = field(default_factory=list)  # one Sketch per row, when asked for
+    tensors: list = field(default_factory=list)  # (name, elements) of every compared tensor
 
     def value(self, metric: str, i: int, j: int, group: str | None = None, strict: bool = True) -> float | None:
         """Kinship of models i and j over ``group`` (None: everything); ``strict``: an undefined
@@ -86,11 +89,16 @@ def torch_device(device) -> torch.device:
     return dev
 
 
-def run_pass(model_refs, base_ref, metrics, include, exclude, pairs, breakdown, device, progress) -> KinshipPass:
+def run_pass(model_refs, base_ref, metrics, include, exclude, pairs, breakdown, device, progress,
+             sketch=None, read=None) -> KinshipPass:
     """Open the base and the models, check them, and stream every model in some pair once.
 
     ``metrics`` are canonical names; ``pairs`` normalised ``(i, j)`` with i < j. The notes of
     tensor selection are also issued as :class:`KinshipWarning`s (at the caller's caller).
+    ``sketch`` (:class:`~mergekit_kinship.sketch.SketchParams`): also sketch the delta of every
+    model read, from the same float64 deltas (``KinshipPass.sketches``, one per row). ``read``:
+    indices of models to read although they are in no pair (only sketched: with no pair at all,
+    no exact moments are accumulated, only sketches).
     """
     dev = torch_device(device)
     opened: list[Model] = []
@@ -108,7 +116,7 @@ def run_pass(model_refs, base_ref, metrics, include, exclude, pairs, breakdown, 
                 if model.path.resolve() == base.path.resolve():
                     raise UserError(f"model {name} is the base itself: its delta is zero, so "
                                     f"{_NEED_A_DELTA_TEXT} are undefined")
-        active = sorted({k for pair in pairs for k in pair})
+        active = sorted({k for pair in pairs for k in pair} | set(read or ()))
         rows = [active.index(k) if k in active else -1 for k in range(len(models))]
         items, notes = select_tensors(base, models, names, active, include, exclude, breakdown)
         for note in notes:
@@ -116,19 +124,30 @@ def run_pass(model_refs, base_ref, metrics, include, exclude, pairs, breakdown, 
         acc = KinshipAccumulator(len(active), [(rows[i], rows[j]) for i, j in pairs], dev, metrics=metrics)
         sources = [base] + [models[i] for i in active]
         labels = [f"model {base.name}"] + [f"model {names[i]}" for i in active]
-        _stream(items, sources, labels, acc, progress)
+        builder = None
+        if sketch is not None:
+            from mergekit_kinship.sketch import SketchBuilder, SketchLayout
+
+            layout = SketchLayout.cached(tuple((it.name, it.numel) for it in items), sketch)
+            builder = SketchBuilder(layout, len(active), dev)
+        read_bytes = _stream(items, sources, labels, acc, progress, builder, exact=bool(pairs))
     finally:
         for model in opened:
             model.close()
     group_tensors: dict[str, int] = {}
     for item in items:
         group_tensors[item.group] = group_tensors.get(item.group, 0) + 1
-    return KinshipPass(names, base.name, acc, group_tensors, len(items), notes, rows)
+    sketches = builder.finish([{"name": names[i]} for i in active]) if builder else []
+    return KinshipPass(names, base.name, acc, group_tensors, len(items), notes, rows, read_bytes,
+                       sketches, [(it.name, it.numel) for it in items])
 
 
-def _stream(items: list[Item], sources: list[Model], labels: list[str], acc: KinshipAccumulator, progress) -> None:
+def _stream(items: list[Item], sources: list[Model], labels: list[str], acc: KinshipAccumulator, progress,
+            builder=None, exact: bool = True) -> int:
     """Read every item's bytes once from every source (base first), block by block, and merge
-    the blocks' statistics into ``acc`` under each item's group.
+    the blocks' statistics into ``acc`` under each item's group; returns the bytes read.
+    ``builder`` (a :class:`~mergekit_kinship.sketch.SketchBuilder`) is fed the same deltas;
+    without ``exact`` it is fed alone (no moments: a pass that only sketches).
 
     One thread reads ahead while ``workers`` threads reduce earlier blocks, each with
     single-threaded torch ops: on a busy machine, torch's own intra-op threads stall at their
@@ -166,8 +185,13 @@ def _stream(items: list[Item], sources: list[Model], labels: list[str], acc: Kin
             if dev.type == "cpu":
                 torch.set_num_threads(1)  # OpenMP's thread count is per calling thread
             local.reducer = acc.reducer()
-        item, _, count = jobs[k]
-        stats = local.reducer.reduce(blocks, count)
+        item, start, count = jobs[k]
+        feed = None if builder is None else (lambda d, s: builder.add(d, item.name, start + s))
+        if not exact:
+            if not local.reducer.deltas_only(blocks, count, feed):
+                raise non_finite_error(item.name, blocks, labels)
+            return None
+        stats = local.reducer.reduce(blocks, count, feed)
         if stats is None:  # the buffers are still this block's: find the culprit now
             raise non_finite_error(item.name, blocks, labels)
         return stats
@@ -188,7 +212,9 @@ def _stream(items: list[Item], sources: list[Model], labels: list[str], acc: Kin
                 # Merge finished blocks in order; each frees its buffer set for a read ahead.
                 while reductions and (len(reductions) >= workers or k == len(jobs) - 1):
                     item, _, count = jobs[merged]
-                    acc.merge(item.group, reductions.pop(merged).result())
+                    stats = reductions.pop(merged).result()
+                    if exact:
+                        acc.merge(item.group, stats)
                     bar.update(sum(count * info.itemsize for info in item.infos))
                     if merged + n_sets < len(jobs):
                         reads[merged + n_sets] = reader.submit(read, merged + n_sets)
@@ -196,3 +222,4 @@ def _stream(items: list[Item], sources: list[Model], labels: list[str], acc: Kin
     finally:
         torch.set_num_threads(threads)
         bar.close()
+    return total_bytes

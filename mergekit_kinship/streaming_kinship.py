@@ -152,13 +152,24 @@ def kinship_matrix(
     pairs=None,
     device=None,
     progress: bool = True,
+    sketch=False,
 ) -> KinshipMatrix:
     """The N×N kinship matrix of ``models`` (N ≥ 2) as deltas from ``base``, reading each model once.
 
     ``pairs`` (list of ``(i, j)`` index pairs) restricts which entries are computed, e.g.
     ``[(best, j) for j in range(N) if j != best]``; models in no pair are not read. Memory and
-    ``include``/``exclude`` as for :func:`kinship`.
+    ``include``/``exclude`` as for :func:`kinship`. ``sketch`` (``True`` or
+    :class:`~mergekit_kinship.sketch.SketchParams`): the matrix from delta sketches instead,
+    a :class:`~mergekit_kinship.sketched_kinship.SketchedMatrix` whose every value comes with
+    its error bound; only models whose sketch is not cached are read.
     """
+    if sketch:
+        from mergekit_kinship.sketched_kinship import sketch_matrix
+
+        if pairs is not None:
+            raise UserError("pairs: not with sketch (a sketched matrix costs the same for every pair)")
+        return sketch_matrix(models, base, metrics, include, exclude, device, progress,
+                             params=None if sketch is True else sketch)
     metrics = parse_metrics(metrics)
     models = list(models)
     if len(models) < 2:

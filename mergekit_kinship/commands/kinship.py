@@ -63,10 +63,19 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def matrix_tables(result) -> str:
-    """One table per metric of a KinshipMatrix, each under its name and mean over pairs."""
+    """One table per metric of a KinshipMatrix, each under its name and mean over pairs; a
+    sketched matrix's values each with their bound (``0.3720 ± 0.0040``)."""
+    from mergekit_kinship.sketch_estimates import with_bound
+
+    bounds = getattr(result, "bounds", None)
     parts = []
     for m in result.metrics:
-        rows = [[name, *[metric_value(v, m) for v in row]] for name, row in zip(result.names, result.values[m])]
+        rows = []
+        for i, (name, row) in enumerate(zip(result.names, result.values[m])):
+            cells = ([with_bound(v, b, m) if i != j else metric_value(v, m)
+                      for j, (v, b) in enumerate(zip(row, bounds[m][i]))] if bounds
+                     else [metric_value(v, m) for v in row])
+            rows.append([name, *cells])
         parts += ["", f"{m}  (mean over pairs {metric_value(result.mean(m), m)})", _table(["", *result.names], rows)]
     return "\n".join(parts)
 
@@ -117,11 +126,18 @@ def kinship_cmd(model_a, model_b, base, metric, include, exclude, quiet, device,
               help="Also write the matrix to this CSV file (one row per metric and model).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also draw an annotated heatmap to this image file (e.g. kinship.png).")
-def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, csv_path, plot_path):
+@click.option("--sketch", is_flag=True, help=(
+    "From delta sketches: each value with its error bound; models whose sketch is cached "
+    "(~/.cache/mergekit-kinship/sketches) are not read again."))
+@click.option("--sketch-size", type=click.IntRange(min=1), default=None, metavar="ENTRIES",
+              help="CountSketch entries per model with --sketch [default: 262144]; bounds shrink as 1/sqrt.")
+def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, csv_path, plot_path,
+               sketch, sketch_size):
     """Kinship matrix of two or more MODELS, all as deltas from BASE.
 
     Each model is read once, however many pairs there are. The matrix's mean over pairs is the
-    paper's kinship of the whole group.
+    paper's kinship of the whole group. With --sketch, from each model's delta sketch (made
+    once, cached by content): adding a model to a sketched family reads that model only.
     """
     from mergekit_kinship.errors import UserError
     from mergekit_kinship.metrics import parse_metrics
@@ -137,9 +153,16 @@ def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, c
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not os.path.isdir(folder):
             raise UserError(f"{option} {path}: no such folder {folder}")
+    if sketch_size is not None and not sketch:
+        raise UserError("--sketch-size: only with --sketch")
+    params = True
+    if sketch_size is not None:
+        from mergekit_kinship.sketch import SketchParams
+
+        params = SketchParams(size=sketch_size)
     result = _warn_on_stderr(lambda: kinship_matrix(
         list(models), base, metrics=metric, include=include or None, exclude=exclude or None,
-        device=device, progress=not quiet,
+        device=device, progress=not quiet, sketch=params if sketch else False,
     ))
     try:
         if csv_path:
@@ -158,6 +181,12 @@ def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, c
             f"kinship matrix of {len(result.names)} models (deltas from {result.base}): "
             f"{result.n_params:,} parameters in {result.n_tensors} tensors"
         )
+        if sketch:
+            exact = " (exact: each model fits in it)" if result.sketch["exact"] else ""
+            cached = len(result.names) - len(result.read)
+            click.echo(f"from sketches of {result.sketch['entries']:,} entries{exact}; read "
+                       f"{len(result.read)} models, {cached} sketches were cached; ± is each "
+                       f"value's error bound (4 standard deviations)")
         click.echo(matrix_tables(result))
     for path, what in ((csv_path, "csv"), (plot_path, "heatmap")):
         if path:

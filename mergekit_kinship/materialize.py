@@ -36,6 +36,7 @@ def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False) -> "ChildJo
     ``m``. ``optional``: a failed evaluation leaves ``m`` out instead of stopping the run."""
     from mergekit_kinship.children import reference
     from mergekit_kinship.executors.job import ChildJob
+    from mergekit_kinship.pool_sketch import child_sketch_job
 
     own_child = m.kind in ("child", "baseline") and not m.external
     return ChildJob(run_dir=str(pool.rd.path), model_id=m.id, identity=m.identity,
@@ -45,4 +46,5 @@ def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False) -> "ChildJo
                     yaml_text=m.yaml if own_child else None, seed=m.seed,
                     tokenizer_from=pool.models[m.parents[0]].path if m.parents else None,
                     evaluator=pool.evaluator, optional=optional,
-                    ancestor=reference(pool, None) if own_child else None)
+                    ancestor=reference(pool, None) if own_child else None,
+                    sketch=child_sketch_job(pool, m) if own_child else None)

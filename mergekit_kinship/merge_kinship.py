@@ -17,9 +17,10 @@ writing the result is plain JSON.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,17 +65,19 @@ class MergeKinship:
     # Not written to kinship.json: CPU seconds of the reducing thread (reduce_cpu_s) and seconds
     # mergekit's thread waited for it (merge_waited_s), for benchmarks.
     timing: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
+    # Not written to kinship.json either: the output's delta sketch, when asked for (sketch.py).
+    sketch: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["timing"]
+        data = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
+                if f.name not in ("timing", "sketch")}
         return {"format": FORMAT, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MergeKinship":
         if data.get("format") != FORMAT:
             raise ValueError(f"not a kinship.json of format {FORMAT}")
-        fields = {k: v for k, v in data.items() if k not in ("format", "timing")}
+        fields = {k: v for k, v in data.items() if k not in ("format", "timing", "sketch")}
         return cls(**fields)
 
     def pair(self, i: int, j: int) -> dict[str, Optional[float]]:
@@ -120,7 +123,7 @@ def read_merge_kinship(folder: str | Path) -> Optional[MergeKinship]:
 
 def merge_with_kinship(config, out_path: str | Path, options=None, *,
                        config_source: Optional[str] = None, ancestor: Optional[str] = None,
-                       write: bool = True, max_in_flight: int = 1) -> MergeKinship:
+                       write: bool = True, max_in_flight: int = 1, sketch=None) -> MergeKinship:
     """Merge ``config`` (a mergekit ``MergeConfiguration``) into ``out_path`` exactly as
     ``mergekit.merge.run_merge(config, out_path, options, config_source)`` does, and return the
     kinship observed on the way (written to ``out_path/kinship.json`` when ``write``).
@@ -130,7 +133,9 @@ def merge_with_kinship(config, out_path: str | Path, options=None, *,
     anything is written when there is no ancestor or the config is not one kinship can observe
     (slices that move layers), and :class:`KinshipNotComputed` after a complete merge whose
     kinship failed. Memory beyond the merge's: the accumulators, float64 scratch, and the inputs
-    of ``max_in_flight`` tensors waiting for the reducing thread.
+    of ``max_in_flight`` tensors waiting for the reducing thread. ``sketch``
+    (:class:`~mergekit_kinship.sketch.SketchParams`): also sketch the output's delta from the
+    ancestor (``result.sketch``, not written here: the caller keeps it by the output's identity).
     """
     from mergekit.options import MergeOptions
 
@@ -146,7 +151,7 @@ def merge_with_kinship(config, out_path: str | Path, options=None, *,
                         "there is no kinship to compute")
     device = str(options.device or "cpu")
     observer = MergeObserver(inputs, anc, device if device.startswith("cuda") else "cpu",
-                             max_in_flight=max_in_flight)
+                             max_in_flight=max_in_flight, sketch=sketch)
     try:
         hook.run_merge_observed(config, str(out_path), options=options,
                                 config_source=config_source, observe=observer.tasks)
@@ -156,6 +161,7 @@ def merge_with_kinship(config, out_path: str | Path, options=None, *,
         raise KinshipNotComputed(f"kinship: {observed.error} (the merge itself was written to "
                                  f"{out_path}; no {KINSHIP_FILE})")
     result = _result(method, anc, inputs, observed)
+    result.sketch = observed.sketch
     if write and os.path.isdir(out_path):
         result.write(out_path)
     return result

@@ -96,6 +96,7 @@ class ObservedKinship:
     extra_bytes: int
     notes: list[str] = field(default_factory=list)
     error: Optional[str] = None
+    sketch: Any = None  # the output's delta sketch (sketch.Sketch), when one was asked for
     # seconds of CPU the reducing thread used, and that mergekit's thread waited for it
     timing: dict[str, float] = field(default_factory=dict)
 
@@ -117,7 +118,8 @@ class MergeObserver:
     :func:`~mergekit_kinship.merge_hook.run_merge_observed`, then :meth:`finish` (always: it stops
     the thread). ``device``: where the float64 reduction runs (``"cpu"`` or a CUDA device)."""
 
-    def __init__(self, inputs, ancestor, device: str = "cpu", max_in_flight: int = 1):
+    def __init__(self, inputs, ancestor, device: str = "cpu", max_in_flight: int = 1,
+                 sketch=None):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
         self.inputs, self.ancestor = list(inputs), ancestor
@@ -139,6 +141,11 @@ class MergeObserver:
         self._headers: dict[str, dict] = {}  # safetensors file -> header, read once per merge
         self._opened: dict[str, Any] = {}  # local folder -> models.Model (or None)
         self._timing = {"reduce_cpu_s": 0.0, "merge_waited_s": 0.0}
+        # The output's delta sketch (sketch.SketchParams asked for): fed the output row's
+        # float64 deltas by the main accumulator, so it costs no read and no subtraction.
+        self.sketch_params = sketch
+        self.builder = None
+        self._sketched: set[str] = set()
 
     # --- planning (main thread, before the merge runs) -------------------------------------------
     def tasks(self, targets) -> list:
@@ -165,6 +172,8 @@ class MergeObserver:
         if not self.plans:
             raise UserError("no tensor of this merge can be compared with the ancestor "
                             f"{self.ancestor}: " + "; ".join(self.notes()))
+        if self.sketch_params is not None:
+            self._start_sketch()
         self._thread = threading.Thread(target=self._work, name="kinship-hook", daemon=True)
         self._thread.start()
         return tasks
@@ -215,6 +224,38 @@ class MergeObserver:
                           with_output=not p.reshaped_vocab, out_dtype=p.out_dtype,
                           vocab_rows=p.weight.vocabulary_axis == 0)
         return plan, extras
+
+    def _start_sketch(self) -> None:
+        """A builder over the tensors compared with the output (a sketch over any other set
+        would not be comparable with the streaming engine's, so then none is made)."""
+        from mergekit_kinship.sketch import SketchBuilder, SketchLayout
+
+        tensors = []
+        for plan in self.plans:
+            numel = self._ancestor_numel(plan.name) if plan.with_output else None
+            if numel is None:
+                self.worker_notes.append(f"no delta sketch: {plan.name} is not compared with the output")
+                return
+            tensors.append((plan.name, numel))
+        layout = SketchLayout.cached(tuple(tensors), self.sketch_params)
+        self.builder = SketchBuilder(layout, 1, self.device)
+
+    def _ancestor_numel(self, name: str) -> Optional[int]:
+        from mergekit_kinship import merge_hook as hook
+        from mergekit_kinship.models import read_safetensors_header
+
+        local = self._local(self.ancestor)
+        if local is not None and name in local.tensors:
+            return local.tensors[name].numel
+        file = hook.shard_file(self.ancestor, name)
+        if not file.endswith(".safetensors"):
+            return None
+        if file not in self._headers:
+            self._headers[file] = read_safetensors_header(Path(file))[0]
+        numel = 1
+        for size in self._headers[file][name]["shape"]:
+            numel *= int(size)
+        return numel
 
     def _local(self, model):
         """A local model folder opened by :mod:`mergekit_kinship.models` (headers only), whose
@@ -306,7 +347,12 @@ class MergeObserver:
         if plan.with_output and merged is not None:
             out = merged if plan.out_dtype is None else merged.to(dtype=plan.out_dtype)
             rows.append(self._rows(plan, out, base, "the merged output"))
-            self.main.add(base, rows, tensor=plan.name)
+            feed = None
+            if self.builder is not None:
+                builder, name = self.builder, plan.name
+                feed = lambda d, start: builder.add(d[-1:], name, start)  # noqa: E731 - the output row
+            self.main.add(base, rows, tensor=plan.name, on_deltas=feed)
+            self._sketched.add(plan.name)
         else:
             if plan.with_output:
                 self.worker_notes.append(f"{plan.name}: the merge wrote nothing for it; compared "
@@ -346,10 +392,16 @@ class MergeObserver:
         if self.side.groups:
             models.merge(self.side.moments())
         n_out = sum(1 for p in self.plans if p.with_output)
+        sketch = None
+        if self.builder is not None and self.error is None:
+            if self._sketched == {name for name, _ in self.builder.layout.tensors}:
+                sketch = self.builder.finish()[0]
+            else:
+                self.worker_notes.append("no delta sketch: the merge wrote fewer tensors than planned")
         return ObservedKinship(models=models, with_output=self.main.moments(),
                                n_tensors=len(self.plans), n_output_tensors=n_out,
                                extra_bytes=self.extra_bytes, notes=self.notes(), error=self.error,
-                               timing=dict(self._timing))
+                               timing=dict(self._timing), sketch=sketch)
 
     def notes(self) -> list[str]:
         notes = [f"left out ({why}): {_names(names)}" for why, names in self.left_out.items()]

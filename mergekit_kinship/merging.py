@@ -85,14 +85,18 @@ def validate_yaml(yaml_text: str):
 
 def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = None,
                cuda: Optional[bool] = None, marker: Optional[dict] = None,
-               tokenizer_from: Optional[str] = None, ancestor: Optional[str] = None) -> Path:
+               tokenizer_from: Optional[str] = None, ancestor: Optional[str] = None,
+               sketch: Optional[dict] = None) -> Path:
     """Run ``yaml_text`` through mergekit's pipeline into ``out_dir``, atomically.
 
     With ``ancestor`` (the family's shared ancestor, as the YAML names models), the merge runs
     through the kinship hook (:func:`mergekit_kinship.merge_kinship.merge_with_kinship`): the
     same weights, plus ``kinship.json`` (the parents' kinship and each parent's with the child)
     computed from the tensors the merge loads. A merge whose kinship fails is still kept,
-    without ``kinship.json`` (the pool then measures it with the streaming engine).
+    without ``kinship.json`` (the pool then measures it with the streaming engine). ``sketch``
+    (``{"path", "params", "fingerprint", "meta"}``, from :mod:`~mergekit_kinship.pool_sketch`):
+    the hook also sketches the child's delta and writes it to ``path``, before the rename, when
+    its layout has that fingerprint.
 
     The merge is written to a temporary sibling folder; ``marker`` (JSON) is written into it,
     and only then is it renamed to ``out_dir``, so ``out_dir`` either does not exist or is a
@@ -111,7 +115,7 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
     tmp_root.mkdir(parents=True, exist_ok=True)
 
     try:
-        _merge_into(yaml_text, tmp, out_dir, seed, cuda, marker, tokenizer_from, ancestor)
+        _merge_into(yaml_text, tmp, out_dir, seed, cuda, marker, tokenizer_from, ancestor, sketch)
     except BaseException:
         # A failed merge (a full disk, a mergekit error, Ctrl-C) leaves no partial child; only
         # SIGKILL can leave .partial-* behind, and the next run removes those (clean_partials).
@@ -122,7 +126,7 @@ def merge_yaml(yaml_text: str, out_dir: str | Path, *, seed: Optional[int] = Non
 
 
 def _merge_into(yaml_text: str, tmp: Path, out_dir: Path, seed, cuda, marker, tokenizer_from,
-                ancestor):
+                ancestor, sketch=None):
     import torch
     from mergekit.config import MergeConfiguration
     from mergekit.io.tasks import LoaderCache
@@ -143,10 +147,20 @@ def _merge_into(yaml_text: str, tmp: Path, out_dir: Path, seed, cuda, marker, to
     else:
         from mergekit_kinship.merge_kinship import KinshipNotComputed, merge_with_kinship
 
+        params = None
+        if sketch is not None:
+            from mergekit_kinship.sketch import SketchParams
+
+            params = SketchParams(**sketch["params"])
         try:
-            merge_with_kinship(config, tmp, options, config_source=yaml_text, ancestor=ancestor)
+            result = merge_with_kinship(config, tmp, options, config_source=yaml_text,
+                                        ancestor=ancestor, sketch=params)
         except KinshipNotComputed:
-            pass  # the weights are complete; relate() measures the kinship and reports the error
+            result = None  # the weights are complete; relate() measures the kinship and reports the error
+        if result is not None and result.sketch is not None and (
+                result.sketch.layout.fingerprint == sketch["fingerprint"]):
+            result.sketch.meta = dict(sketch.get("meta") or {})
+            result.sketch.save(sketch["path"])
     LoaderCache().loaders.clear()
 
     # mergekit logs (does not raise) when it cannot copy a tokenizer; lm-eval needs one.

@@ -183,7 +183,22 @@ class Pool:
                                       self.models[b].identity)
 
     def kinship(self, a: str, b: str, metric: Optional[str] = None) -> Optional[float]:
+        """The exact kinship of a pair (measured, or from the merge hook), None if not measured."""
         return self.cache.kinship(self._key(a, b)).get(metric or self.metric)
+
+    def planning_kinship(self, a: str, b: str, metric: Optional[str] = None) -> Optional[float]:
+        """What the planner decides by: the exact value, else the sketched one
+        (:mod:`~mergekit_kinship.pool_sketch`)."""
+        from mergekit_kinship.pool_sketch import planning_value
+
+        return planning_value(self, a, b, metric)
+
+    def _sketch_bounds(self, ids: list[str]) -> Optional[list[list[Optional[float]]]]:
+        """Bounds of the sketched values of the pool's matrix (None where exact); None if none is."""
+        from mergekit_kinship.pool_sketch import bound_of
+
+        bounds = [[None if a == b else bound_of(self, a, b) for b in ids] for a in ids]
+        return bounds if any(v is not None for row in bounds for v in row) else None
 
     def record_merge_kinship(self, child: PoolModel, kinship: dict) -> None:
         """Record what the merge hook measured (the child's ``kinship.json``, against the
@@ -196,6 +211,10 @@ class Pool:
         if len(observed.models) != len(child.parents) or len(child.parents) != 2:
             return
         a, b = child.parents
+        exact = {m: v for m, v in observed.pair(0, 1).items() if v is not None}
+        if exact:  # what the child reports: the hook's exact values, not a sketch's
+            child.parents_kinship = {m: exact.get(m, v) for m, v in
+                                     {**(child.parents_kinship or {}), **exact}.items()}
         for (x, y), values in (((a, b), observed.pair(0, 1)),
                                ((a, child.id), observed.with_output(0)),
                                ((b, child.id), observed.with_output(1))):
@@ -205,32 +224,19 @@ class Pool:
                 self.cache.record_kinship(self._key(x, y), [x, y], new)
 
     def relate(self, new_ids: Sequence[str]) -> None:
-        """Kinship of every new model with every model of the pool (cached by content)."""
-        from mergekit_kinship.materialize import weights_of
+        """Kinship of every new model with every model of the pool: from delta sketches, reading
+        nothing, and exact (cached by content) for the pairs the run reports or decides by; see
+        :mod:`~mergekit_kinship.pool_sketch`."""
+        from mergekit_kinship.pool_sketch import relate
 
-        ids = list(self.models)
-        new = [i for i in new_ids if i in self.models]
-        pairs = []
-        for a in new:
-            for b in ids:
-                if a != b and (b not in new or ids.index(b) < ids.index(a)):
-                    known = self.cache.kinship(self._key(a, b))
-                    if any(m not in known for m in self.metrics):  # e.g. the metric changed
-                        pairs.append((a, b))
-        if not pairs:
-            return
-        needed = sorted({m for p in pairs for m in p})
-        paths = {m: weights_of(self, m) for m in needed}
-        values = self.kinship_fn(paths, self.base_folder, self.metrics, pairs)
-        for a, b in pairs:
-            self.cache.record_kinship(self._key(a, b), [a, b], values[(a, b)])
+        relate(self, new_ids)
 
     # --- select and stop ---------------------------------------------------------------------
     def state(self, generation: int) -> PoolState:
         return PoolState(models=tuple(self.models),
                          fitness={i: m.fitness if m.fitness is not None else 0.0
                                   for i, m in self.models.items()},
-                         kinship=self.kinship, metric=self.metric, top_k=self.recipe.top_k,
+                         kinship=self.planning_kinship, metric=self.metric, top_k=self.recipe.top_k,
                          generation=generation, merged=frozenset(self.merged_pairs),
                          seed=self.recipe.seed)
 
@@ -301,7 +307,8 @@ class Pool:
             models={i: entry(m) for i, m in self.models.items()},
             generations=self.generations,
             pool_kinship=PoolKinship(names=ids, metric=self.metric, values=[
-                [diagonal if a == b else self.kinship(a, b) for b in ids] for a in ids]),
+                [diagonal if a == b else self.planning_kinship(a, b) for b in ids] for a in ids],
+                bounds=self._sketch_bounds(ids)),
             saturation_threshold=self.recipe.stopping.saturation, stopped=stopped,
             merges=self.merges_done(), best=self.top_k(1)[0] if ids else None,
             failed={i: m.entry() for i, m in self.failed.items()},

@@ -92,22 +92,28 @@ class PoolKinship(BaseModel):
     names: list[str] = Field(default_factory=list)
     metric: str = "pcc"
     values: list[list[Optional[float]]] = Field(default_factory=list)
+    # The error bound of each value that comes from delta sketches (None where it is exact: a
+    # pair the run measured, or the merge hook did); None when every value is exact.
+    bounds: Optional[list[list[Optional[float]]]] = None
 
     @model_validator(mode="before")
     @classmethod
     def _format_1(cls, data):
         # Format 1 stored the matrix under the metric's own key: {"names": [...], "pcc": [[...]]}.
         if isinstance(data, dict) and "values" not in data:
-            keys = [k for k in data if k not in ("names", "metric")]
+            keys = [k for k in data if k not in ("names", "metric", "bounds")]
             if len(keys) == 1:
                 return {"names": data.get("names", []), "metric": _canonical(keys[0]),
-                        "values": data[keys[0]]}
+                        "values": data[keys[0]], "bounds": data.get("bounds")}
         return data
 
     @model_serializer
     def _as_format_1(self) -> dict[str, Any]:
         # summary.json keeps format 1's shape: the matrix under the metric's own name.
-        return {"names": list(self.names), self.metric: self.values}
+        data: dict[str, Any] = {"names": list(self.names), self.metric: self.values}
+        if self.bounds is not None:
+            data["bounds"] = self.bounds
+        return data
 
 
 def _canonical(metric: Any) -> Any:

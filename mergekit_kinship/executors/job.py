@@ -36,6 +36,7 @@ class ChildJob:
     evaluator: Optional[str] = None  # "module:function" scoring the model; None: lm-eval
     optional: bool = False  # a reference (the base, a baseline): failing leaves it out, never stops
     ancestor: Optional[str] = None  # the family's ancestor: the merge records kinship.json
+    sketch: Optional[dict] = None  # where the merge leaves the child's delta sketch (pool_sketch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +80,7 @@ def ensure_merged(job: ChildJob) -> tuple[bool, float]:
     try:
         merge_yaml(job.yaml_text, path, seed=job.seed, tokenizer_from=job.tokenizer_from,
                    marker={"child": job.model_id, "identity": job.identity},
-                   ancestor=job.ancestor)
+                   ancestor=job.ancestor, sketch=job.sketch)
     except Exception as err:
         # safetensors reports a full disk as its own error type, with the OS message inside.
         if not (getattr(err, "errno", None) == errno.ENOSPC

@@ -21,6 +21,7 @@ COMMANDS = {
     "kinship": "mergekit_kinship.commands.kinship:kinship_cmd",
     "matrix": "mergekit_kinship.commands.kinship:matrix_cmd",
     "check": "mergekit_kinship.commands.check:check_cmd",
+    "lineage": "mergekit_kinship.commands.lineage:lineage_cmd",
     "demo": "mergekit_kinship.commands.demo:demo_cmd",
     "plan": "mergekit_kinship.commands.plan:plan_cmd",
     "merge": "mergekit_kinship.commands.merge:merge_cmd",
@@ -61,7 +62,8 @@ def main():
 
     \b
     Measure:  kinship, matrix (how related fine-tunes of one base are), check (a mergekit
-              config before merging it)
+              config before merging it), lineage (which model is a fine-tune or a merge of
+              which, read from the weights)
     Merge:    merge (mergekit-yaml plus the merge's kinship), plan and evolve (the
               kinship-guided Top-k greedy search: mergekit YAML, merges, lm-eval scores,
               the family tree), compare (strategies and merge methods against references)

@@ -80,7 +80,8 @@ def model_lineage(models, base, *, params=None, cache_dir=None, store=None,
                            progress=progress, cache_dir=cache_dir, store=store)
     G, noise = tensor_gram(found.sketches)
     layout = found.layout
-    entries = infer_lineage(G, None if layout.all_exact else noise)
+    exact = bool(layout.exact.all())  # the sign sample plays no part here
+    entries = infer_lineage(G, None if exact else noise)
     total = G.sum(0)
     out = []
     for entry in entries:
@@ -93,8 +94,8 @@ def model_lineage(models, base, *, params=None, cache_dir=None, store=None,
             parents=parents, proportions=entry.proportions, evidence=evidence,
             alternatives=[{**_plain(a), "parents": [models[p] for p in a["parents"]]}
                           for a in entry.alternatives],
-            edges=_edges(entry, models, str(base), total, noise, bool(layout.all_exact))))
-    return LineageResult(base=str(base), models=out, exact=bool(layout.all_exact),
+            edges=_edges(entry, models, str(base), total, noise, exact)))
+    return LineageResult(base=str(base), models=out, exact=exact,
                          sketch={**layout.params.to_dict(), "entries": layout.size},
                          read=list(found.read))
 

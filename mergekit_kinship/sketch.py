@@ -99,8 +99,9 @@ class SketchLayout:
 
     @property
     def all_exact(self) -> bool:
-        """Every tensor stored as it is and every position in the sign sample: exact values."""
-        return bool(self.exact.all()) and self.threshold >= 2**32
+        """Every tensor stored as it is, and every position in the sign sample or no sample at
+        all (then no sign-conflict estimate): every value these sketches give is exact."""
+        return bool(self.exact.all()) and (self.threshold == 0 or self.threshold >= 2**32)
 
     def hashes(self, t: int, start: int, end: int, device: torch.device):
         """(bucket index into the sketch (int64), sign (±1 float64), sampled (bool)) of positions

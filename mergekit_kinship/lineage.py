@@ -101,6 +101,12 @@ def infer_lineage(G: np.ndarray, noise: Optional[np.ndarray] = None) -> list[Lin
     template = _template(G, fits)
     entries = _merges(G, fits, template, cos)
     parents_of = {x: e.parents for x, e in entries.items() if e.parents}
+    # An ambiguous merge's possible parents count as its parents for the fine-tune rule: a
+    # parent is never called a fine-tune of its own child (a linear merge ½(δ_A + δ_B) carries
+    # about all of δ_A, the signature of a fine-tune, the wrong way round).
+    for x, e in entries.items():
+        if e.kind == "ambiguous":
+            parents_of[x] = sorted({p for alt in e.alternatives for p in alt["parents"]})
     median = float(np.median(np.sqrt(norm2))) if n else 0.0
     for x in range(n):
         others = [abs(cos[x, j]) for j in range(n) if j != x]
@@ -283,6 +289,11 @@ def _fine_tune_call(x: int, total, norm2, cos, parents_of) -> LineageEntry:
     candidates = []
     for p in range(len(norm2)):
         if p == x or p in below or norm2[p] <= 0:
+            continue
+        # A parent of a merge reads as a fine-tune of the merge the wrong way round (it carries
+        # about all of the merge's delta); a true fine-tune of a merge is closer to the merge
+        # than to any of the merge's parents.
+        if any(cos[x, q] > cos[x, p] for q in parents_of.get(p, ())):
             continue
         coef = float(total[x, p] / norm2[p])
         if coef >= FT_COEF and cos[x, p] >= FT_COSINE:

@@ -15,8 +15,9 @@ means every value was within its bound) and the median bound of PCC. Families:
   to its siblings) and the 19 SLERP children of the demo's run (``lineage_bench.py``'s, when
   there), ~260k weights each, so only sketches much smaller than the default are tried.
 
-**Scale.** ``--models`` (default 120) fine-tunes of a 1.2M-weight base, written by this script
-(fp32, under benchmarks/_work/, not committed). Each measurement is a fresh interpreter
+**Scale.** ``--models`` (default 120) fine-tunes of a base, written by this script under
+benchmarks/_work/ (not committed): ``small``, 1.05M weights in fp32 (4 sketches' worth), and
+``large``, 16.8M weights in bf16 (64 sketches' worth; 4 GB for the family). Each measurement is a fresh interpreter
 (``kinship_bench.measure``: wall time, peak RSS above the interpreter after its imports), every
 file evicted from the page cache first: the exact N×N matrix; the same from sketches with an
 empty sketch cache (reads every model once, stores its sketch) and again with the sketches
@@ -47,18 +48,23 @@ START, END = "<!-- sketch-bench:start -->", "<!-- sketch-bench:end -->"
 METRICS = ["pcc", "cosine", "euclidean", "sign_conflict"]
 ERROR_CFG = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=4)
-SCALE_CFG = dict(vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2)
+SCALE_CFGS = {  # name -> (Llama shape, storage dtype)
+    "small": (dict(vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2), "float32"),
+    "large": (dict(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                   num_attention_heads=8, num_key_value_heads=4), "bfloat16"),
+}
 SHARED = [-0.35, 0.1, 0.3, 0.5, 0.7, 0.85, 0.95, 0.995, 0.998]
 
 
-def write_models(root: Path, cfg: dict, specs: list[tuple[float, float]], tag: str) -> list[Path]:
-    """base + one fine-tune per (c, s) in ``specs``, fp32 single files; reused when present."""
+def write_models(root: Path, cfg: dict, specs: list[tuple[float, float]], tag: str,
+                 dtype: str = "float32") -> list[Path]:
+    """base + one fine-tune per (c, s) in ``specs``, single files of ``dtype``; reused when present."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    spec = json.dumps({"cfg": cfg, "specs": specs, "tag": tag, "v": 1}, sort_keys=True)
+    spec = json.dumps({"cfg": cfg, "specs": specs, "tag": tag, "dtype": dtype, "v": 1}, sort_keys=True)
     paths = [root / "base"] + [root / f"m{k:03d}" for k in range(len(specs))]
     if (root / "spec.json").exists() and (root / "spec.json").read_text() == spec:
         return paths
@@ -74,17 +80,18 @@ def write_models(root: Path, cfg: dict, specs: list[tuple[float, float]], tag: s
         start = zlib.crc32(repr(key).encode()) % (pool.numel() - n + 1)
         return pool[start:start + n].view(shape)
 
+    store = getattr(torch, dtype)
     base = {n: normal(s, n, "base") * 0.02 for n, s in shapes.items()}
     for k, path in enumerate(paths):
         path.mkdir()
         config.save_pretrained(path)
         if k == 0:
-            save_file({n: t.contiguous() for n, t in base.items()}, str(path / "model.safetensors"))
+            save_file({n: t.to(store).contiguous() for n, t in base.items()}, str(path / "model.safetensors"))
             continue
         c, s = specs[k - 1]
         own = math.sqrt(max(0.0, 1 - c * c))
         save_file({n: (base[n] + 2e-3 * s * (c * normal(shape, n, "shared")
-                                            + own * normal(shape, n, "own", k))).contiguous()
+                                            + own * normal(shape, n, "own", k))).to(store).contiguous()
                    for n, shape in shapes.items()}, str(path / "model.safetensors"))
     (root / "spec.json").write_text(spec)
     return paths
@@ -163,12 +170,13 @@ SCALE_SETUP = ("import shutil\nfrom pathlib import Path\n"
                "from mergekit_kinship.sketched_kinship import sketch_matrix")
 
 
-def scale_part(n_models: int) -> str:
+def scale_part(n_models: int, which: str) -> str:
+    cfg, dtype = SCALE_CFGS[which]
     rng = [(0.2 + 0.75 * (k % 10) / 9, 0.5 + (k % 7) / 4) for k in range(n_models + 1)]
-    paths = write_models(WORK / "scale", SCALE_CFG, rng, "scale")
+    paths = write_models(WORK / f"scale-{which}", cfg, rng, "scale", dtype)
     base, members = paths[0], paths[1:]
     family, extra = members[:n_models], members[n_models]
-    cache = WORK / "cache-scale"
+    cache = WORK / f"cache-scale-{which}"
     shutil.rmtree(cache, ignore_errors=True)
     weights = kb.model_bytes([members[0]])
     cases = [
@@ -190,8 +198,8 @@ def scale_part(n_models: int) -> str:
         result = kb.measure(dict(setup=SCALE_SETUP, body=body), [base, *models], cold=True)
         rows.append((label, len(models), result))
         print(label, json.dumps(result), file=sys.stderr)
-    lines = [f"{n_models} fine-tunes of a {kb.n_params(SCALE_CFG) / 1e6:.2f}M-weight base "
-             f"({weights / 1e6:.1f} MB each, fp32), default sketch (262,144 entries + 65,536 "
+    lines = [f"**{which}**: {n_models} fine-tunes of a {kb.n_params(cfg) / 1e6:.2f}M-weight base "
+             f"({weights / 1e6:.1f} MB each, {dtype}), default sketch (262,144 entries + 65,536 "
              "sign samples), files evicted before each measurement:", "",
              "| measurement | models | models read | wall (s) | peak RSS above interpreter (MB) | pcc(m0, m1) |",
              "|---|---:|---:|---:|---:|---|"]
@@ -207,12 +215,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=int, default=120, help="fine-tunes in the scale part")
     ap.add_argument("--skip-error", action="store_true")
+    ap.add_argument("--scale", nargs="*", default=list(SCALE_CFGS), choices=list(SCALE_CFGS),
+                    help="which model sizes the scale part uses")
     ap.add_argument("--write-md", action="store_true", help="write the tables into BENCHMARKS.md")
     args = ap.parse_args(argv)
     parts = []
     if not args.skip_error:
         parts.append("### Sketched against exact\n\n" + error_part())
-    parts.append("### Scale\n\n" + scale_part(args.models))
+    parts.append("### Scale\n\n" + "\n\n".join(scale_part(args.models, w) for w in args.scale))
     text = "\n\n".join(parts)
     print(text)
     if args.write_md:

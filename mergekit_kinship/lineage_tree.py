@@ -57,7 +57,8 @@ def describe(m, names: dict[str, str]) -> str:
     """What a model is, in words, with the evidence that decided it."""
     ev = m.evidence
     if m.kind == "base-fine-tune":
-        return f"fine-tune of the base (largest |cosine| with another model {ev['largest_abs_cosine']:.3f})"
+        return (f"fine-tune of the base (carries no listed model's whole delta; largest |cosine| "
+                f"{ev['largest_abs_cosine']:.3f})")
     if m.kind == "fine-tune":
         return (f"fine-tune of {names[m.parents[0]]} (carries {ev['coefficient']:.2f}× its delta, "
                 f"cosine {ev['cosine']:.3f}, own update {100 * ev['update_fraction']:.0f}%)")

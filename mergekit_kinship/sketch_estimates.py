@@ -66,15 +66,15 @@ def tensor_grams(sketches, rows: Optional[Sequence[int]] = None) -> tuple[torch.
     """(G, diag): per tensor t, G[t, r, j] = ⟨S_rows[r], S_j⟩ over t's entries (T × R × N) and
     diag[t, j] = ‖S_j‖² over them (T × N). Exact for a tensor stored as it is."""
     layout = sketches[0].layout
-    S = torch.stack([s.values for s in sketches])
-    R = S if rows is None else S[list(rows)]
+    rows = list(range(len(sketches))) if rows is None else list(rows)
     T = len(layout.tensors)
-    G = torch.empty(T, R.shape[0], S.shape[0], dtype=torch.float64)
-    diag = torch.empty(T, S.shape[0], dtype=torch.float64)
+    G = torch.empty(T, len(rows), len(sketches), dtype=torch.float64)
+    diag = torch.empty(T, len(sketches), dtype=torch.float64)
     for t in range(T):
+        # One tensor's entries of every sketch at a time: no second copy of all the sketches.
         lo, hi = int(layout.offset[t]), int(layout.offset[t] + layout.width[t])
-        seg = S[:, lo:hi]
-        torch.mm(R[:, lo:hi], seg.T, out=G[t])
+        seg = torch.stack([s.values[lo:hi] for s in sketches])
+        torch.mm(seg[rows], seg.T, out=G[t])
         diag[t] = torch.einsum("nk,nk->n", seg, seg)
     return G, diag
 

@@ -25,7 +25,7 @@ from mergekit_kinship.metrics import DEFAULT_METRICS, parse_metrics
 
 # Memory for the float64 sketches of one pass (per model: 8 bytes × size × reducing threads);
 # more models than fit are sketched in several passes, each reading the base once more.
-PASS_MEMORY = 1 << 30
+PASS_MEMORY = 1 << 28
 
 
 @dataclass

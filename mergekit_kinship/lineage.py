@@ -26,10 +26,14 @@ sketch). The rules, and why:
    algebraically the same: (1−t)·A + t·((1−t)·S + t·R) = (1−t)·((1−t)·A + t·S) + t·((1−t)·A + t·R)).
 3. **Fine-tunes.** A model that is no merge is a fine-tune of listed model P when its delta
    carries P's whole delta and adds an update: ⟨δ_X, δ_P⟩/‖δ_P‖² ≥ ``FT_COEF`` (the reverse
-   direction gives ‖δ_P‖²/‖δ_X‖²-like values below it) and cos(δ_X, δ_P) ≥ ``FT_COSINE``, P
-   not a descendant of X; else a fine-tune of the base. MoTHer (arXiv 2405.18432) and Model
-   Atlas (arXiv 2503.10633) recover such fine-tune trees (directed by weight kurtosis and
-   distance); we direct edges by the coefficient instead and add the merges they do not handle.
+   direction gives ‖δ_P‖²/‖δ_X‖²-like values below it), ‖δ_X‖ > ‖δ_P‖ (for a small update
+   both directions pass the coefficient test) and cos(δ_X, δ_P) ≥ ``FT_COSINE``, P
+   not a descendant of X (counting an ambiguous merge's possible parents as its parents)
+   and X not closer to one of P's own merge parents than to P (a linear merge ½(δ_A + δ_B)
+   carries about all of δ_A: A reads as its fine-tune the wrong way round); else a fine-tune
+   of the base. MoTHer (arXiv 2405.18432) and Model Atlas (arXiv 2503.10633) recover such
+   fine-tune trees (directed by weight kurtosis and distance); we direct edges by the
+   coefficient instead and add the merges they do not handle.
 4. **Unrelated**: a delta over ``UNRELATED_NORM`` times the median norm with no kin (|cos| <
    0.1 with everyone): not a fine-tune of this base at all (e.g. another pre-training).
 """
@@ -116,6 +120,8 @@ def infer_lineage(G: np.ndarray, noise: Optional[np.ndarray] = None) -> list[Lin
                 "norm_over_median": float(np.sqrt(norm2[x]) / median)})
     for x in sorted((x for x in range(n) if x not in entries), key=lambda k: norm2[k]):
         entries[x] = _fine_tune_call(x, total, norm2, cos, parents_of)
+        if entries[x].kind == "base-fine-tune":
+            entries[x] = _rough_merge(x, fits[x], cos, parents_of) or entries[x]
         if entries[x].parents:
             parents_of[x] = entries[x].parents
     if noise is not None:
@@ -284,11 +290,30 @@ def descendants(k: int, parents_of: dict[int, list[int]]) -> set[int]:
     return seen
 
 
+def _rough_merge(x: int, fits: list[Explanation], cos, parents_of) -> Optional[LineageEntry]:
+    """Ambiguous, for a model that fits no rule but whose delta two listed models explain better
+    than any single one does (a TIES or DARE merge among merges of the same parents, whose
+    sparsified fits are all rough): the fits within ``AMBIGUOUS`` of the best, and the base."""
+    below = descendants(x, parents_of)
+    best_single = min((1 - cos[x, j] ** 2 for j in range(len(cos)) if j != x), default=1.0)
+    rough = [f for f in fits if not set(f.parents) & below
+             and f.residual <= min(MERGE_RESIDUAL, best_single)]
+    if not rough:
+        return None
+    tied = [f for f in rough if f.residual <= AMBIGUOUS * rough[0].residual + 1e-6][:3]
+    alternatives = [_explained(f, cos, x) for f in tied]
+    alternatives.append({"parents": [], "largest_abs_cosine": float(np.sqrt(1 - best_single))})
+    return LineageEntry(x, "ambiguous", None, evidence=_evidence(tied[0], cos, x),
+                        alternatives=alternatives)
+
+
 def _fine_tune_call(x: int, total, norm2, cos, parents_of) -> LineageEntry:
     below = descendants(x, parents_of)
     candidates = []
     for p in range(len(norm2)):
-        if p == x or p in below or norm2[p] <= 0:
+        # A fine-tune adds an update to its parent's delta, so its delta is the longer one; a
+        # small update passes the coefficient test both ways (1/(1 + ‖u‖²/‖δ_P‖²) ≥ FT_COEF).
+        if p == x or p in below or norm2[p] <= 0 or norm2[p] >= norm2[x]:
             continue
         # A parent of a merge reads as a fine-tune of the merge the wrong way round (it carries
         # about all of the merge's delta); a true fine-tune of a merge is closer to the merge

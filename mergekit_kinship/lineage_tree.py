@@ -73,6 +73,9 @@ def describe(m, names: dict[str, str]) -> str:
                 "norm, |cosine| < 0.1 with every other model)")
     options = []
     for alt in m.alternatives:
+        if not alt["parents"]:
+            options.append("fine-tune of the base")
+            continue
         what = ("fine-tune of " if len(alt["parents"]) == 1 else "merge of ") + " + ".join(
             names[p] for p in alt["parents"])
         score = (f"template deviation {alt['template_deviation']:.3f}" if "template_deviation" in alt

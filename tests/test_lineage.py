@@ -119,3 +119,25 @@ def test_bad_input_is_a_one_line_error(family, args, message):
     result = CliRunner().invoke(main, ["lineage", *map(str, args(family)), "--base", str(family.base)])
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_infer_lineage_on_known_deltas():
+    """The pure rules on deltas whose story is known: two fine-tunes of the base, a linear merge
+    of them, a fine-tune of the first, and a model of another pre-training (far larger, no kin)."""
+    import numpy as np
+
+    from mergekit_kinship.lineage import infer_lineage
+
+    rng = np.random.default_rng(0)
+    T, n = 6, 4000  # tensors, elements each
+    a, b, other, update = (rng.normal(size=(T, n)) for _ in range(4))
+    deltas = [a, b, 0.4 * a + 0.6 * b, a + 0.3 * update, 30 * other]
+    X = np.stack(deltas, 1)  # T × N × n
+    G = np.einsum("tik,tjk->tij", X, X)
+    calls = infer_lineage(G)
+    assert [c.kind for c in calls] == ["base-fine-tune", "base-fine-tune", "merge", "fine-tune",
+                                       "unrelated"]
+    assert sorted(calls[2].parents) == [0, 1]
+    share = dict(zip(calls[2].parents, calls[2].proportions))
+    assert abs(share[0] - 0.4) < 0.01 and abs(share[1] - 0.6) < 0.01
+    assert calls[3].parents == [0]

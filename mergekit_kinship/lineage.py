@@ -120,10 +120,12 @@ def infer_lineage(G: np.ndarray, noise: Optional[np.ndarray] = None) -> list[Lin
                 "norm_over_median": float(np.sqrt(norm2[x]) / median)})
     for x in sorted((x for x in range(n) if x not in entries), key=lambda k: norm2[k]):
         entries[x] = _fine_tune_call(x, total, norm2, cos, parents_of)
-        if entries[x].kind == "base-fine-tune":
-            entries[x] = _rough_merge(x, fits[x], cos, parents_of) or entries[x]
         if entries[x].parents:
             parents_of[x] = entries[x].parents
+    # Once every fine-tune is known (a parent is explained by its own fine-tunes and merges,
+    # which must not count), a "fine-tune of the base" that two other models explain is not sure.
+    for x in [x for x, e in entries.items() if e.kind == "base-fine-tune"]:
+        entries[x] = _rough_merge(x, fits[x], cos, parents_of) or entries[x]
     if noise is not None:
         for entry in entries.values():
             if entry.parents:

@@ -46,10 +46,13 @@ def tree_parent(m) -> str | None:
 
 def tree_children(result) -> dict:
     """tree parent's path (None: the base) -> the models drawn under it, in the given order."""
+    placed = {m.path for m in result.models if m.kind in ("base-fine-tune", "fine-tune", "merge")}
     children: dict = {}
     for m in result.models:
-        if m.kind in ("base-fine-tune", "fine-tune", "merge"):
-            children.setdefault(tree_parent(m), []).append(m)
+        if m.path in placed:
+            parent = tree_parent(m)
+            # A child of an unplaced (ambiguous) model hangs at the top; its line names the parent.
+            children.setdefault(parent if parent in placed else None, []).append(m)
     return children
 
 

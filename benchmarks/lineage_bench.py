@@ -149,7 +149,18 @@ def write_md(text: str) -> None:
                "docstring). Merges: children of the run. Recovered: the inferred parent set is "
                "exactly the true one (a fine-tune of the base: empty). Ambiguous calls name "
                "their alternatives and are counted as not recovered.\n\n"
-               f"{text}\n{END}")
+               f"{text}\n\n"
+               "Reading: with the default sketch these models are compared exactly, so every "
+               "miss on the SLERP and task-arithmetic runs is an honest `ambiguous`, never a "
+               "wrong parent set: in a family of linear merges of equal weights some merges are "
+               "the same model (½·(½(A + B) + ½(A + C)) = ½·(A + ½(B + C)): a merge of two "
+               "sibling merges is also a merge of their shared parent and a third merge), and "
+               "SLERP's per-layer `t` makes a few such coincidences too. A TIES merge "
+               "trims and sign-elects each parent's delta, so no pair of listed models fits it "
+               "closely and sibling merges fit it as well as its parents: the TIES run is "
+               "mostly ambiguous, with many wrong calls besides. A sketch 16x smaller than the model "
+               "blurs the per-tensor fits the template rule compares: fewer merges recovered, "
+               f"and some wrong calls.\n{END}")
     md = MD.read_text() if MD.exists() else "# Benchmarks\n"
     if START in md and END in md:
         md = md[: md.index(START)] + section + md[md.index(END) + len(END):]

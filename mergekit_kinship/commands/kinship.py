@@ -129,7 +129,7 @@ def kinship_cmd(model_a, model_b, base, metric, include, exclude, quiet, device,
 @click.option("--sketch", is_flag=True, help=(
     "From delta sketches: each value with its error bound; models whose sketch is cached "
     "(~/.cache/mergekit-kinship/sketches) are not read again."))
-@click.option("--sketch-size", type=click.IntRange(min=1), default=None, metavar="ENTRIES",
+@click.option("--sketch-size", type=click.IntRange(min=1), default=None, metavar="N",
               help="CountSketch entries per model with --sketch [default: 262144]; bounds shrink as 1/sqrt.")
 def matrix_cmd(models, base, metric, include, exclude, quiet, device, as_json, csv_path, plot_path,
                sketch, sketch_size):

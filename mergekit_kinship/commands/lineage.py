@@ -18,7 +18,7 @@ import click
     "Print JSON: one entry per model given (path as given, parents, evidence, edges)."))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also draw the tree to this image file (.png, .svg or .pdf).")
-@click.option("--sketch-size", type=click.IntRange(min=1), default=None, metavar="ENTRIES",
+@click.option("--sketch-size", type=click.IntRange(min=1), default=None, metavar="N",
               help="CountSketch entries per model [default: 262144; a smaller model is compared exactly].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def lineage_cmd(models, base, as_json, plot_path, sketch_size, quiet):

@@ -16,6 +16,7 @@ sign_conflict at the sub-chunk default before sign_conflict (2**18 / N, at least
 ``--floor`` adds another variant: the pass with sign_conflict whose counting is replaced by a single
 comparison of every float64 delta with zero (numpy, into a bool scratch) and nothing counted, a
 lower bound for any exact method that reads the deltas once more (its values are not valid).
+``--skip-cold`` times only the warm page cache, the CPU-bound case where counting shows most.
 """
 
 from __future__ import annotations
@@ -145,16 +146,17 @@ def main(argv=None) -> int:
                   + (f"  old default {rows[-1]['old']:6.2f} s" if old else ""),
                   file=sys.stderr, flush=True)
             values[kind] = result["out"][WITH]
-    table = format_table(rows, cfg, args, values)
-    if args.candidates:
-        table += "\n\n" + candidates(args.repeats)
+    cand = candidates(args.repeats) if args.candidates else None
+    table = format_table(rows, cfg, args, values, cand[1] if cand else None)
+    if cand:
+        table += "\n\n" + cand[0]
     print(table)
     if args.write_md:
         write_md(table)
     return 0
 
 
-def format_table(rows, cfg, args, values) -> str:
+def format_table(rows, cfg, args, values, extras=None) -> str:
     import platform
 
     import torch
@@ -200,27 +202,48 @@ def format_table(rows, cfg, args, values) -> str:
               + ("met in every row." if max(walls) <= 10 and max(cpus) <= 10 else
                  "not met on this machine: the extra CPU time alone exceeds 10%." if max(cpus) > 10 else
                  "not met in every row."),
-              "- sign counting is two more passes over each sub-chunk of float64 deltas (an in-place "
-              "clamp to sign codes, one more GEMM), so a pass that is CPU-bound (a warm page cache, "
-              "two cores shared with other jobs) pays about that much more; one that waits on the "
-              "disk, or reduces on a GPU, hides it."]
+              "- where the time goes: the pass counts signs with two more passes over each sub-chunk of "
+              "float64 deltas, already in L2 after the moments (an in-place clamp to packed sign codes, one "
+              "more GEMM, exact integers); a pass that is CPU-bound (a warm page cache, two cores shared "
+              "with other jobs) pays that in full, one that waits on the disk, or reduces on a GPU, hides it."]
     if floor:
         floors = [(r["cpuf"] / r["cpu0"] - 1) * 100 for r in rows]
-        lines.append(f"- the floor, one comparison pass and no counting at all, already costs {min(floors):+.1f}% "
-                     f"to {max(floors):+.1f}% CPU: an exact count needs three states per delta (negative, "
-                     "zero, positive), and every library kernel that yields them (two numpy comparisons, "
-                     "torch's clamp or sign, the raw 16-bit weights' bits as order keys) makes at least one "
-                     "such pass, plus the counting"
-                     + ("; the table below times them." if args.candidates else ".")
-                     + " Only a compiled kernel that derives the codes inside the widening copy could avoid "
-                     "it, and the package has none (Python over torch and numpy).")
+        lines.append(f"- the floor, one comparison of every delta with zero and nothing counted, costs "
+                     f"{min(floors):+.1f}% to {max(floors):+.1f}% CPU in the same runs: what one more read of the "
+                     "deltas costs on this CPU, the least any method that derives the signs from them can add. "
+                     "An exact count needs more: three states per delta (negative, zero, positive), hence two "
+                     "comparisons or one read-and-write pass (the clamp), and then the counting per pair of "
+                     "models, which for 8 models is an 8×8 GEMM as costly as the moments' own, or 36 "
+                     "popcounts per 64 elements.")
+    if extras:
+        def best(n):
+            exact = {k: v for k, v in extras[n].items() if k != PASS_METHOD and k in EXACT_METHODS}
+            name = min(exact, key=exact.get)
+            return (f"{n} models: the pass's {extras[n][PASS_METHOD]:.0f} µs per sub-chunk, the best other "
+                    f"exact way {exact[name]:.0f} µs ({name}), the floor {extras[n][FLOOR_METHOD]:.0f} µs")
+        lines.append("- the table below times, inside the reducer's loop, the other exact ways to count that "
+                     "numpy and torch offer, each checked against dense counting: sign bits by two numpy "
+                     "comparisons and popcounts (per block, or every 2**18 elements so that the bits stay in "
+                     "L2, which was tried as the pass's counting and reverted), float32 codes and GEMMs, and "
+                     "codes straight from the raw bf16 weights (torch's bf16 comparisons, or the 16-bit "
+                     "patterns as order keys: these skip no pass, each needs several kernels over every "
+                     "source). " + "; ".join(best(n) for n in sorted(extras)) + ".")
+    lines.append("- what would: a compiled kernel that writes the sign bits while it widens and subtracts "
+                 "(one pass, the floor or less), which the package does not have (Python over torch and "
+                 "numpy, no build step); or the GPU, where the reduction is not the bottleneck.")
     if args.old_default:
         lines.append("- against the previous release's sub-chunk default (without sign_conflict): "
                      + ", ".join(f"{r['case']} {r['old']:.2f} s" for r in rows) + ".")
     return "\n".join(lines)
 
 
-def candidates(repeats: int) -> str:
+PASS_METHOD = "clamp + float64 GEMM (the pass)"
+FLOOR_METHOD = "one numpy comparison, nothing counted (floor)"
+EXACT_METHODS = (PASS_METHOD, "two numpy comparisons, packbits, popcounts", "the same, popcounts every 2**18 elements",
+                 "float32 codes, two float32 GEMMs")
+
+
+def candidates(repeats: int) -> tuple[str, dict]:
     """Other exact ways to count signs, timed in this process on one synthetic bf16 block (4 Mi
     elements per model, the reducer's sub-chunks and torch threads): each runs the reducer's own
     per-sub-chunk moments (widen, subtract, sum, Gram) plus its sign work, and its extra time over
@@ -231,7 +254,7 @@ def candidates(repeats: int) -> str:
     from mergekit_kinship.kinship_accumulators import _CODE_NEG, _CODE_POS, _sign_counts, default_subchunk
 
     torch.set_num_threads(1)
-    rows = []
+    rows, summary = [], {}
     for n in (2, 8):
         g = torch.Generator().manual_seed(n)
         count, sub = 4 * 1024 * 1024, default_subchunk(n, torch.device("cpu"))
@@ -303,12 +326,11 @@ def candidates(repeats: int) -> str:
             torch.mm(a, a.T, out=grams[k, 1])
 
         flags_t = torch.from_numpy(flags)
-        methods = {"clamp + float64 GEMM (the pass)": clamp_gemm, "two numpy comparisons, packbits, popcounts": two_comparisons,
-                   "the same, popcounts every 2**18 elements": windowed_bits,
-                   "one numpy comparison, nothing counted (floor)": one_comparison,
+        methods = {PASS_METHOD: clamp_gemm, EXACT_METHODS[1]: two_comparisons, EXACT_METHODS[2]: windowed_bits,
+                   FLOOR_METHOD: one_comparison,
                    "torch comparisons of the raw bf16 (codes only)": raw_torch,
                    "numpy int16 order keys of the raw bits (codes only)": raw_keys,
-                   "float32 codes, two float32 GEMMs": f32_gemms}
+                   EXACT_METHODS[3]: f32_gemms}
 
         def run(method):
             acc = {} if method is not clamp_gemm else torch.empty(len(starts), n, n, dtype=torch.float64)
@@ -353,6 +375,8 @@ def candidates(repeats: int) -> str:
         for name, method in methods.items():
             exact = counts(method, run(method))
             extra = statistics.median(times[name]) - t0
+            if exact or method is one_comparison:  # a count that is not exact is no candidate
+                summary.setdefault(n, {})[name] = extra * 1e6 / len(starts)
             rows.append(f"| {n} | {name} | {extra * 1e3 / len(starts) * 1e3:.1f} | {extra / t0 * 100:+.0f}% | "
                         + {True: "yes", False: "NO", None: "(not a count)"}[exact] + " |")
         rows.append(f"| {n} | moments alone (the pass without sign_conflict) | {t0 * 1e6 / len(starts):.1f} | | |")
@@ -360,7 +384,7 @@ def candidates(repeats: int) -> str:
         f"Other ways to count, one synthetic bf16 block of 4 Mi elements per model, CPU time of this "
         f"thread (median of {repeats}), in the reducer's sub-chunks (32768 elements for 2 models, 16384 for 8):",
         "", "| models | sign work per sub-chunk | extra µs per sub-chunk | extra CPU over the moments | exact |",
-        "|---:|---|---:|---:|---|", *rows])
+        "|---:|---|---:|---:|---|", *rows]), summary
 
 
 class WindowBits:
@@ -411,8 +435,9 @@ class WindowBits:
 
 
 def write_md(table: str) -> None:
+    args = " ".join(sys.argv[1:]) or "--write-md"
     section = (f"{START}\n## Sign conflict in the kinship pass\n\nMade by "
-               f"`python benchmarks/sign_conflict_bench.py --write-md` on {time.strftime('%Y-%m-%d')}.\n\n"
+               f"`python benchmarks/sign_conflict_bench.py {args}` on {time.strftime('%Y-%m-%d')}.\n\n"
                f"{table}\n{END}")
     text = kb.MD.read_text() if kb.MD.exists() else "# Benchmarks\n"
     if START in text and END in text:

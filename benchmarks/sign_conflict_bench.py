@@ -205,12 +205,17 @@ def format_table(rows, cfg, args, values, extras=None) -> str:
               "- where the time goes: the pass counts signs with two more passes over each sub-chunk of "
               "float64 deltas, already in L2 after the moments (an in-place clamp to packed sign codes, one "
               "more GEMM, exact integers); a pass that is CPU-bound (a warm page cache, two cores shared "
-              "with other jobs) pays that in full, one that waits on the disk, or reduces on a GPU, hides it."]
+              "with other jobs) pays that in full"
+              + (" (this table times only that case, `--skip-cold`)." if args.skip_cold else
+                 "; one that waits on the disk hides part of it.")]
     if floor:
         floors = [(r["cpuf"] / r["cpu0"] - 1) * 100 for r in rows]
         lines.append(f"- the floor, one comparison of every delta with zero and nothing counted, costs "
                      f"{min(floors):+.1f}% to {max(floors):+.1f}% CPU in the same runs: what one more read of the "
-                     "deltas costs on this CPU, the least any method that derives the signs from them can add. "
+                     "deltas costs on this CPU, the least any method that derives the signs from them can add; "
+                     "the exact counting costs "
+                     + ", ".join(f"{(r['cpu1'] - r['cpuf']) / r['cpu0'] * 100:.1f} points more ({r['case']})" for r in rows)
+                     + ". "
                      "An exact count needs more: three states per delta (negative, zero, positive), hence two "
                      "comparisons or one read-and-write pass (the clamp), and then the counting per pair of "
                      "models, which for 8 models is an 8×8 GEMM as costly as the moments' own, or 36 "
@@ -230,7 +235,8 @@ def format_table(rows, cfg, args, values, extras=None) -> str:
                      "source). " + "; ".join(best(n) for n in sorted(extras)) + ".")
     lines.append("- what would: a compiled kernel that writes the sign bits while it widens and subtracts "
                  "(one pass, the floor or less), which the package does not have (Python over torch and "
-                 "numpy, no build step); or the GPU, where the reduction is not the bottleneck.")
+                 "numpy, no build step); or reducing on a GPU (`--device cuda`: signs and two GEMMs per "
+                 "sub-chunk of 8 Mi elements), which this benchmark does not time.")
     if args.old_default:
         lines.append("- against the previous release's sub-chunk default (without sign_conflict): "
                      + ", ".join(f"{r['case']} {r['old']:.2f} s" for r in rows) + ".")

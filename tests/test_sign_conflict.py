@@ -128,8 +128,8 @@ def test_accumulator_counts_exactly_at_the_edges_of_each_dtype(dtype):
 
 @pytest.mark.parametrize("subchunk", [13, 16, 40, None])
 def test_counts_add_up_over_odd_sub_chunks(subchunk):
-    """Sub-chunks that do not end on a byte, tensors shorter than one sub-chunk, several tensors:
-    the counts of every pair (and of each delta with itself) equal dense numpy counting."""
+    """Odd sub-chunk lengths, tensors shorter than one sub-chunk, several tensors into one group:
+    the raw counts of every pair (and of each delta with itself) equal dense numpy counting."""
     gen = torch.Generator().manual_seed(7)
     acc = KinshipAccumulator(4, subchunk=subchunk, metrics="sign_conflict")
     deltas = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +124,27 @@ def test_accumulator_counts_exactly_at_the_edges_of_each_dtype(dtype):
     for i, j in itertools.combinations(range(3), 2):
         assert acc.value("sign_conflict", i, j) == dense_sign_conflict(deltas[i], deltas[j]), (i, j)
     assert acc.value("sign", 0, 0) == 0.0  # an alias; a model never conflicts with itself
+
+
+@pytest.mark.parametrize("subchunk", [13, 16, 40, None])
+def test_counts_add_up_over_odd_sub_chunks(subchunk):
+    """Odd sub-chunk lengths, tensors shorter than one sub-chunk, several tensors into one group:
+    the raw counts of every pair (and of each delta with itself) equal dense numpy counting."""
+    gen = torch.Generator().manual_seed(7)
+    acc = KinshipAccumulator(4, subchunk=subchunk, metrics="sign_conflict")
+    deltas = []
+    for size in (1, 7, 100, 1000, 333):
+        base = torch.randn(size, generator=gen)
+        steps = torch.randn(4, size, generator=gen) * (torch.rand(4, size, generator=gen) > 0.3)
+        models = [base + step for step in steps]
+        acc.add(base, models)
+        deltas.append(torch.stack([m.double() - base.double() for m in models]).numpy())
+    deltas = np.concatenate(deltas, axis=1)
+    moments = acc.moments()
+    for i, j in itertools.product(range(4), repeat=2):
+        both = (deltas[i] != 0) & (deltas[j] != 0)
+        assert int(moments.B[i, j]) == int(both.sum()), (i, j)
+        assert int(moments.X[i, j]) == int((both & (np.signbit(deltas[i]) != np.signbit(deltas[j]))).sum())
 
 
 def test_undefined_and_not_counted():

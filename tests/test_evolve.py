@@ -366,7 +366,9 @@ def test_compare_at_equal_merges(tiny, clean, tmp_path):
                                   str(tmp_path / "cmp"), "--strategies", "kinship,random",
                                   "--merges", "5", "--evaluator", STAND_IN])
     assert result.exit_code == 0, result.output
-    assert "best@5" in result.output.splitlines()[-3]
+    table = result.stdout.splitlines()
+    assert table[0].startswith("best@5: the fittest of each run's foundation models")
+    assert "references (the same evaluation, no search):" in table
     random_run = json.loads((tmp_path / "cmp" / "random" / "summary.json").read_text())
     assert random_run["merges"] == 5 and random_run["stopped"] == "max merges"
     scored = {e["model"] for e in events(tmp_path / "cmp" / "random", "scored")}

@@ -59,9 +59,14 @@ class LazyGroup(click.Group):
 def main():
     """Model kinship and kinship-guided evolutionary merging for mergekit.
 
-    Measure how related fine-tunes of one base are (kinship, matrix), then let the kinship-guided
-    Top-k greedy planner choose which pairs to merge (plan, evolve): it writes standard mergekit
-    YAML, merges through mergekit, scores with lm-eval and keeps the whole family tree.
+    \b
+    Measure:  kinship, matrix (how related fine-tunes of one base are), check (a mergekit
+              config before merging it)
+    Merge:    merge (mergekit-yaml plus the merge's kinship), plan and evolve (the
+              kinship-guided Top-k greedy search: mergekit YAML, merges, lm-eval scores,
+              the family tree), compare (strategies and merge methods against references)
+    Publish:  card (a Hub model card), report (an HTML report of a run)
+    Try:      demo (everything above on a toy family, CPU only, offline)
     """
 
 

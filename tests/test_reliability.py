@@ -340,7 +340,8 @@ def test_an_evaluator_returning_bad_scores_is_refused_like_a_failed_evaluation(f
     line = error_line(evolve_cli(recipe, tmp_path / "run", evaluator="test_reliability:percent_evaluate"))
     assert "skill1:" in line and "is outside [0, 1], the range of acc" in line
     assert "a percentage where a fraction belongs?" in line
-    assert not list((tmp_path / "run" / "scores").glob("*.json"))[3:]  # only the foundation models
+    scored = {json.loads(f.read_text())["model"] for f in (tmp_path / "run" / "scores").glob("*.json")}
+    assert scored == {"child0", "child1", "child2", "base"}  # no child: its scores were refused
 
 
 def full_disk_merge(real_run_merge):

@@ -78,3 +78,14 @@ def test_staged_against_full_evaluation_with_real_lm_eval(runs):
     assert staged.generations[0].top_k == expected
     assert not set(staged.generations[0].top_k) & set(screened)
     assert not staged.models[staged.best].partial
+
+
+def test_dry_run_shows_the_stage_plan(family, tmp_path):
+    from mergekit_kinship.dry_run import dry_run
+    from mergekit_kinship.zoo import builtin_recipe
+
+    data = builtin_recipe(family)
+    data["evaluation"].update(stages=[0.1, 0.3, 1.0], limit={"kinship_sort": 50})
+    text = dry_run(parse_recipe(data, tmp_path, "staged"), "staged")["text"]
+    assert "staged: 0.1, 0.3, 1 of each task's items (subset seed 0)" in text
+    assert "kinship_reverse 10/30/100, kinship_sort 5/15/50" in text

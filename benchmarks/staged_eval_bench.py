@@ -4,6 +4,7 @@ families, over several subset seeds; items scored, time, and whether the search 
     python benchmarks/staged_eval_bench.py                       # both families, seeds 0 1 2
     python benchmarks/staged_eval_bench.py --families digits --seeds 0 1 2 3 4
     python benchmarks/staged_eval_bench.py --plans 0.1,0.3,1 0.1,0.3,0.6,1 --write-md
+    python benchmarks/staged_eval_bench.py --timing --confidence 0.8   # single-threaded times
 
 For each family: one run without stages (the reference), then one run per stage plan and subset
 seed, each in a fresh run directory under benchmarks/_work/staged/ (nothing is shared between
@@ -16,7 +17,10 @@ the children's share of them, wall and CPU seconds of ``evolve`` (CPU: this proc
 all the work; on a shared machine wall time also counts other jobs), and against the run without
 stages: each generation's top-k (by content identity, in order) and the final best model.
 Results accumulate in benchmarks/_work/staged/results.json (a run already measured there is not
-run again; --fresh forgets them); --write-md renders them into BENCHMARKS.md.
+run again; --fresh forgets them); --write-md renders them into BENCHMARKS.md (its own
+``staged-eval-bench`` section; prose after ``<!-- notes -->`` is kept). Times of those runs
+depend on the other jobs of a shared machine; ``--timing`` measures them apart, single-threaded
+(benchmarks/_work/staged/timing.json).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from mergekit_kinship import lineage_file
 from mergekit_kinship.atomic_io import write_text
 from mergekit_kinship.card_metadata import LM_EVAL_URL, card_data, hub_ancestors
 from mergekit_kinship.errors import UserError
-from mergekit_kinship.formatting import MISSING, metric_value, number
+from mergekit_kinship.formatting import MISSING, metric_value, number, with_error
 from mergekit_kinship.metrics import ALIASES
 from mergekit_kinship.summary import RunSummary
 
@@ -50,12 +50,15 @@ def _label(summary: RunSummary, model_id: str) -> str:
     name = model.name if model.name == model_id else f"{model.name} [{model_id}]"
     if model.kind == "foundation":
         where = f"hub {model.hub_id}" if model.hub_id else "local"
-        return f"{name}  foundation ({where})  fitness {number(model.fitness)}"
+        return f"{name}  foundation ({where})  fitness {with_error(model.fitness, model.fitness_stderr)}"
     parts = [name, f"gen {model.generation}", model.method or "?",
              f"parents' kinship {_kinship_text(model.parents_kinship)}",
-             f"fitness {number(model.fitness)}", f"gain {number(model.gain, signed=True)}"]
+             f"fitness {with_error(model.fitness, model.fitness_stderr)}",
+             f"gain {with_error(model.gain, model.gain_stderr, signed=True)}"]
     if model.exploration:
         parts.append("exploration merge")
+    if model.partial:
+        parts.append("screened out (partial score)")
     return "  ".join(parts)
 
 
@@ -94,18 +97,21 @@ def _scores_table(summary: RunSummary, model_id: str) -> str:
         header += ["parents' mean", "difference"]
     rows = [_row(header), "|" + "---|" * len(header)]
 
-    def row(label: str, value, parent_values) -> str:
-        cells = [label, number(value), *(number(v) for v in parent_values)]
+    def row(label: str, value, parent_values, errors, gain=None) -> str:
+        cells = [label, *(with_error(v, e) for v, e in zip([value, *parent_values], errors))]
         if parents:
             known = [v for v in parent_values if v is not None]
             mean = sum(known) / len(known) if len(known) == len(parent_values) else None
             diff = value - mean if value is not None and mean is not None else None
-            cells += [number(mean), number(diff, signed=True)]
+            cells += [number(mean), gain if gain is not None else number(diff, signed=True)]
         return _row(cells)
 
     for task in tasks:
-        rows.append(row(task, model.scores.get(task), [models[p].scores.get(task) for p in parents]))
-    rows.append(row("**fitness**", model.fitness, [models[p].fitness for p in parents]))
+        rows.append(row(task, model.scores.get(task), [models[p].scores.get(task) for p in parents],
+                        [m.stderr.get(task) for m in (model, *(models[p] for p in parents))]))
+    rows.append(row("**fitness**", model.fitness, [models[p].fitness for p in parents],
+                    [m.fitness_stderr for m in (model, *(models[p] for p in parents))],
+                    with_error(model.gain, model.gain_stderr, signed=True) if parents else None))
     return "\n".join(rows)
 
 
@@ -136,8 +142,10 @@ def _merges_table(summary: RunSummary, members: list[str]) -> str:
         rows.append(_row([
             model.name + (" (exploration)" if model.exploration else ""), str(model.generation),
             model.method or MISSING, " × ".join(models[p].name for p in model.parents),
-            _kinship_text(model.parents_kinship), number(model.fitness),
-            number(model.gain, signed=True)]))
+            _kinship_text(model.parents_kinship),
+            with_error(model.fitness, model.fitness_stderr)
+            + (" (screened out, partial)" if model.partial else ""),
+            with_error(model.gain, model.gain_stderr, signed=True)]))
     return "\n".join(rows)
 
 
@@ -176,8 +184,29 @@ def _evaluation_text(summary: RunSummary) -> str:
     weights = settings.get("weights") or {}
     mean = "weighted mean " + json.dumps(weights, sort_keys=True) if weights else "mean"
     lines.append(f"Fitness is the {mean} of the task scores; gain is the fitness minus the mean "
-                 f"of the parents' fitness.")
+                 f"of the parents' fitness. ± is one standard error: over the items where "
+                 f"per-item results were recorded (a gain paired item by item with its parents), "
+                 f"else from lm-eval's per-task standard errors.")
+    if settings.get("stages"):
+        lines.append(f"Children were scored in stages ({', '.join(f'{f:g}' for f in settings['stages'])} "
+                     f"of each task's items, subset seed {settings.get('subset_seed', 0)}): a child "
+                     f"went on only while the one-sided {settings.get('confidence', 0.95):g} upper "
+                     f"bound on its fitness reached the k-th best model's; the others were "
+                     f"screened out with a partial score.")
     return " ".join(lines)
+
+
+def screened_text(model) -> str | None:
+    """What a screened-out model's partial score means; None for a fully scored model."""
+    if not model.partial:
+        return None
+    scored, total = sum(model.items.values()), sum(model.items_total.values())
+    s = model.screened_out
+    why = (f" after stage {s.stage}: the upper confidence bound on its fitness, "
+           f"{number(s.bound)}, was below the fitness of the k-th best model of the pool, "
+           f"{number(s.threshold)}" if s is not None and s.bound is not None else "")
+    return (f"**Screened out** by staged evaluation{why}. Its scores are partial: measured on "
+            f"{scored} of the tasks' {total} items, so it never entered the top-k.")
 
 
 # ---------------------------------------------------------------------------------- the card
@@ -211,10 +240,12 @@ def card_body(summary: RunSummary, model_id: str) -> str:
         intro += " It is the best model of the run."
     base = summary.base_reference()
     if base is not None and model.fitness is not None and model.kind == "child":
-        diff = model.fitness - base.fitness
+        diff = model.vs_base if model.vs_base is not None else model.fitness - base.fitness
         intro += (f" It {'beats' if diff > 0 else 'does not beat'} the base model itself "
                   f"({number(model.fitness)} against {number(base.fitness)}, "
-                  f"{number(diff, signed=True)}).")
+                  f"{with_error(diff, model.vs_base_stderr, signed=True)}).")
+    if screened_text(model):
+        intro += " " + screened_text(model)
     # Say what the metadata holds, never point at a field it lacks.
     if hub_ancestors(summary, model_id):
         models_intro = ("Local intermediate models are not on the Hub, so `base_model` above lists "

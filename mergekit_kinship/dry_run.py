@@ -35,6 +35,19 @@ def _tasks_table(plans) -> str:
                       [[name(p), p.metric, shots(p), items_text(p)] for p in plans])
 
 
+def _stages_text(ev, plans) -> str:
+    """The stage plan, and each stage's items per task where the task's item count is known."""
+    from mergekit_kinship.staging import stage_size
+
+    sizes = {p.task: "/".join(str(stage_size(p.items, f)) for f in ev.stages)
+             for p in plans if p.items is not None}
+    return (f"  staged: {', '.join(f'{f:g}' for f in ev.stages)} of each task's items (subset "
+            f"seed {ev.subset_seed}); a child goes on while the one-sided {ev.confidence:g} upper "
+            f"bound on its fitness reaches the k-th best model's"
+            + (f"; items per stage: {', '.join(f'{t} {n}' for t, n in sizes.items())}"
+               if sizes else ""))
+
+
 def dry_run(recipe: Recipe, source: str, *, run_dir: str | Path | None = None,
             evaluator: Optional[str] = None) -> dict[str, Any]:
     """Run the pre-flight on ``recipe`` (and ``run_dir`` when it was used before) and describe
@@ -67,6 +80,7 @@ def dry_run(recipe: Recipe, source: str, *, run_dir: str | Path | None = None,
         f"{ev.backend}, fitness = {_fitness_text(ev)}"
         + ("" if evaluator is None else f"; scored by {evaluator}"),
         *["    " + line for line in _tasks_table(plans).splitlines()],
+        *([_stages_text(ev, plans)] if ev.staged else []),
         f"  stopping: top-k unchanged; max {stopping.max_generations} generations"
         + (f"; max {stopping.max_merges} merges" if stopping.max_merges else "")
         + (f"; saturation pcc > {stopping.saturation}" if stopping.saturation is not None

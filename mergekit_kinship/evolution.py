@@ -25,6 +25,7 @@ from mergekit_kinship.preflight import check_run_dir_compatible, preflight
 from mergekit_kinship.recipe import Recipe
 from mergekit_kinship.references import add_references, score_references
 from mergekit_kinship.rundir import KEEP_CHOICES, RunDir
+from mergekit_kinship.staging import check_evaluator
 from mergekit_kinship.summary import GenerationRecord, RunSummary, write_summary
 
 OnGeneration = Callable[[RunSummary, GenerationRecord], None]
@@ -88,6 +89,7 @@ def open_pool(recipe: Recipe, run_dir: str | Path, *, evaluator: Optional[str] =
     """The pre-flight (nothing is created when it refuses), then the locked run directory with
     the recipe recorded, and an empty :class:`Pool` over it."""
     preflight(recipe, run_dir=run_dir, lm_eval_tasks=evaluator is None)
+    check_evaluator(recipe.evaluation, evaluator)
     rd = RunDir(run_dir)
     with rd:
         check_run_dir_compatible(rd, recipe)  # again, now that the lock is ours

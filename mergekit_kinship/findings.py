@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from mergekit_kinship.metrics import ALIASES
-from mergekit_kinship.statistics import pearson
+from mergekit_kinship.statistics import fisher_interval, pearson
 from mergekit_kinship.summary import ModelEntry, RunSummary
 
 PAPER_SATURATION = 0.9  # §4.4: above ~0.9 mutual PCC, merges of the top models stop gaining
@@ -63,12 +63,17 @@ def kinship_gain_points(summary: RunSummary, metric: Optional[str] = None
 def kinship_gain_statistics(summary: RunSummary, metric: Optional[str] = None) -> dict[str, Any]:
     """Pearson (r, p) of parents' kinship under ``metric`` (default: the run's) against the gain
     (``gain``) and against |gain| (``abs_gain``) over all merges, each None with fewer than 3
-    merges; ``n`` merges; ``metric``."""
+    merges; their 95% confidence intervals by Fisher's z (``gain_ci``, ``abs_gain_ci``: (low,
+    high), None with fewer than 4 merges); ``n`` merges; ``metric``. A screened-out child's
+    gain (a paired estimate on the items it was scored on) counts like any other."""
     metric, points = kinship_gain_points(summary, metric)
     kinship = [p[1] for p in points]
-    return {"metric": metric, "n": len(points),
-            "gain": pearson(kinship, [p[2] for p in points]),
-            "abs_gain": pearson(kinship, [abs(p[2]) for p in points])}
+    out: dict[str, Any] = {"metric": metric, "n": len(points),
+                           "gain": pearson(kinship, [p[2] for p in points]),
+                           "abs_gain": pearson(kinship, [abs(p[2]) for p in points])}
+    for key in ("gain", "abs_gain"):
+        out[f"{key}_ci"] = out[key] and fisher_interval(out[key][0], len(points))
+    return out
 
 
 def kinship_gain_study(summary: RunSummary) -> list[dict[str, Any]]:

@@ -15,6 +15,16 @@ def number(value: Optional[float], digits: int = 4, *, signed: bool = False,
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def with_error(value: Optional[float], stderr: Optional[float], digits: int = 4, *,
+               signed: bool = False, missing: str = MISSING) -> str:
+    """``0.7200 ±0.0210``: a value and its standard error (the value alone when the error is
+    unknown)."""
+    text = number(value, digits, signed=signed, missing=missing)
+    if value is None or stderr is None:
+        return text
+    return f"{text} ±{stderr:.{digits}f}"
+
+
 def metric_value(value: Optional[float], metric: str, *, missing: str = MISSING) -> str:
     """A kinship value: 4 significant digits for an unbounded distance (euclidean), else 4
     decimals (pcc, cosine, and sign_conflict, a fraction)."""

@@ -8,7 +8,7 @@ the folder is there.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     from mergekit_kinship.executors.job import ChildJob
@@ -31,9 +31,12 @@ def weights_of(pool: "Pool", model_id: str) -> str:
     return m.path
 
 
-def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False) -> "ChildJob":
+def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False,
+            items: Optional[dict[str, list[int]]] = None) -> "ChildJob":
     """The self-contained unit of work that merges (a child or baseline of this run) and scores
-    ``m``. ``optional``: a failed evaluation leaves ``m`` out instead of stopping the run."""
+    ``m``. ``optional``: a failed evaluation leaves ``m`` out instead of stopping the run.
+    With staged evaluation (the recipe's ``evaluation.stages``) the job asks for ``items``
+    (task -> indices; None: every item) instead of a score record."""
     from mergekit_kinship.children import reference
     from mergekit_kinship.executors.job import ChildJob
     from mergekit_kinship.pool_sketch import child_sketch_job
@@ -47,4 +50,6 @@ def job_for(pool: "Pool", m: "PoolModel", *, optional: bool = False) -> "ChildJo
                     tokenizer_from=pool.models[m.parents[0]].path if m.parents else None,
                     evaluator=pool.evaluator, optional=optional,
                     ancestor=reference(pool, None) if own_child else None,
-                    sketch=child_sketch_job(pool, m) if own_child else None)
+                    sketch=child_sketch_job(pool, m) if own_child else None,
+                    items_key=pool.cache.items_key(m.identity),
+                    staged=pool.recipe.evaluation.staged, items=items)

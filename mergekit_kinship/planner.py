@@ -22,6 +22,12 @@ Strategies live in one registry (:data:`STRATEGIES`): ``kinship`` (the algorithm
 ``greedy`` (no exploration merge) and ``random`` (the paper's baseline: as many random untried
 pairs of the whole pool as the greedy step would have, k(k-1)/2).
 
+Staged evaluation (:mod:`mergekit_kinship.staging`) adds one rule: a child *screened out* (its
+evaluation stopped early, so its fitness is a partial score) never enters the top-k, so the
+greedy step never merges it and it is never m_best. It stays a pool member otherwise: its pair
+was merged, its kinship is known, and it may be the exploration partner m_f, which is chosen by
+kinship alone (so with or without stages, a run whose top-k agree plans the same children).
+
 One reading is ours: the paper takes m_f as the lowest-kinship model of the pool and never says
 what happens when (m_best, m_f) was merged before. Merging a pair twice gives the same child, so
 the partner is the least related model that m_best has *not* been merged with yet. Otherwise a
@@ -67,6 +73,8 @@ class PoolState:
     related) is turned around by
     :func:`~mergekit_kinship.metrics.relatedness`.
     ``merged``: the parent pairs merged in earlier generations.
+    ``screened``: models screened out by staged evaluation: never in the top-k (their fitness
+    is a partial score), ranked after every other model when a pair is oriented.
     """
 
     models: tuple[str, ...]
@@ -77,12 +85,16 @@ class PoolState:
     generation: int
     merged: frozenset[frozenset[str]] = field(default_factory=frozenset)
     seed: int = 0
+    screened: frozenset[str] = field(default_factory=frozenset)
 
 
-def top_k(models: Sequence[str], fitness: Mapping[str, float], k: int) -> list[str]:
-    """The k fittest models, best first; ties go to the model that entered the pool first."""
+def top_k(models: Sequence[str], fitness: Mapping[str, float], k: int,
+          screened: frozenset[str] = frozenset()) -> list[str]:
+    """The k fittest models, best first; ties go to the model that entered the pool first.
+    ``screened`` models (a partial score) are never among them."""
     order = {m: i for i, m in enumerate(models)}
-    return sorted(models, key=lambda m: (-fitness[m], order[m]))[:k]
+    return sorted((m for m in models if m not in screened),
+                  key=lambda m: (-fitness[m], order[m]))[:k]
 
 
 def exploration_partner(best: str, state: PoolState,
@@ -103,8 +115,10 @@ def exploration_partner(best: str, state: PoolState,
 
 
 def oriented(a: str, b: str, state: PoolState) -> tuple[str, str]:
-    """Order a pair as (parent A, parent B): the fitter model first."""
-    ranked = top_k(state.models, state.fitness, len(state.models))
+    """Order a pair as (parent A, parent B): the fitter model first (a screened-out model, whose
+    fitness is a partial score, after every fully scored one)."""
+    ranked = top_k(state.models, state.fitness, len(state.models), state.screened)
+    ranked += [m for m in state.models if m in state.screened]
     return (a, b) if ranked.index(a) < ranked.index(b) else (b, a)
 
 
@@ -115,7 +129,7 @@ def first_generation(state: PoolState) -> list[Candidate]:
 
 def greedy_step(state: PoolState) -> list[Candidate]:
     """Every pair of the top-k not merged before, in rank order."""
-    survivors = top_k(state.models, state.fitness, state.top_k)
+    survivors = top_k(state.models, state.fitness, state.top_k, state.screened)
     return [Candidate((a, b)) for a, b in itertools.combinations(survivors, 2)
             if frozenset((a, b)) not in state.merged]
 
@@ -144,7 +158,7 @@ def register_strategy(name: str):
 def kinship_strategy(state: PoolState) -> list[Candidate]:
     """Greedy step plus one exploration merge of the best model with its least related kin."""
     children = greedy_step(state)
-    best = top_k(state.models, state.fitness, 1)[0]
+    best = top_k(state.models, state.fitness, 1, state.screened)[0]
     partner = exploration_partner(best, state, frozenset(c.pair for c in children))
     if partner is not None:
         children.append(Candidate((best, partner), exploration=True))

@@ -19,6 +19,7 @@ from mergekit_kinship.evolution import open_pool
 from mergekit_kinship.pool import KinshipFn, Pool, PoolModel
 from mergekit_kinship.recipe import Recipe
 from mergekit_kinship.scores_file import SCORES_FILE_HELP, import_scores
+from mergekit_kinship.staging import CachedOnly, complete_from_cache
 
 
 def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path] = None,
@@ -39,8 +40,7 @@ def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path
         pool.relate(foundation)
         for generation in itertools.count(1):
             children = pool.plan(generation)
-            known = [c for c in children if _known(pool, c)]
-            if children and len(known) == len(children):
+            if children and _known(pool, children):
                 _replay(pool, children)
                 continue
             if generation > 1 and unscored:
@@ -52,25 +52,30 @@ def plan_next(recipe: Recipe, run_dir: str | Path, *, scores_file: Optional[Path
 
 
 def _take_score(pool: Pool, m: PoolModel) -> bool:
-    record = pool.cache.score(m.identity)
-    if record is not None:
-        pool.set_scores(m, record["result"]["scores"], record["result"].get("stderr"))
-    return record is not None
+    """A foundation model's recorded scores (with stages: every item's result, or scores
+    imported from a file), if there are some."""
+    if pool.scored(m):
+        pool.merge_and_score([m.id], CachedOnly())
+        return True
+    return False
 
 
-def _known(pool: Pool, child: PoolModel) -> bool:
-    """The child was merged and scored (here by evolve, or elsewhere and imported), or its
-    evaluation failed for good."""
+def _known(pool: Pool, children: list[PoolModel]) -> bool:
+    """Every child of a generation was merged and scored (here by evolve, or elsewhere and
+    imported), or its evaluation failed for good; with stages, every child's staged evaluation
+    reached its end (:func:`~mergekit_kinship.staging.complete_from_cache`)."""
     from mergekit_kinship.executors.job import recorded_failure
 
-    key = pool.cache.score_key(child.identity)
-    return pool.rd.read_score(key) is not None or recorded_failure(pool.rd, key) is not None
+    if pool.recipe.evaluation.staged:
+        return complete_from_cache(pool, children)
+    keys = [pool.cache.score_key(c.identity) for c in children]
+    return all(pool.rd.read_score(k) is not None or recorded_failure(pool.rd, k) is not None
+               for k in keys)
 
 
 def _replay(pool: Pool, children: list[PoolModel]) -> None:
-    """A generation made earlier enters the pool with its recorded scores (no work)."""
-    from mergekit_kinship.executors.job import recorded_failure
-
+    """A generation made earlier enters the pool with its recorded scores (no work): the same
+    steps as evolve's, through an executor that finds everything recorded."""
     external = {e["child"]: e["path"] for e in pool.rd.events("external")}
     pool.add_children(children)
     for child in children:
@@ -78,11 +83,8 @@ def _replay(pool: Pool, children: list[PoolModel]) -> None:
             child.path, child.external = external[child.id], True
         elif pool.rd.model_dir(child.id).exists():
             child.path = str(pool.rd.model_dir(child.id))
-        failure = recorded_failure(pool.rd, pool.cache.score_key(child.identity))
-        if not _take_score(pool, child):
-            child.failed = failure
-            pool.failed[child.id] = pool.models.pop(child.id)
-    pool.relate([c.id for c in children])
+    pool.merge_and_score([c.id for c in children], CachedOnly())
+    pool.relate([c.id for c in children if c.id in pool.models])
 
 
 def _refuse_unscored(pool: Pool, generation: int, children: list[PoolModel]) -> None:
@@ -97,7 +99,7 @@ def _refuse_unscored(pool: Pool, generation: int, children: list[PoolModel]) -> 
                         f"score them first")
     planned = {cid for e in pool.rd.events("planned") if e["generation"] == generation
                for cid in e.get("children", [])}
-    pending = [c.name for c in children if c.id in planned and not _known(pool, c)]
+    pending = [c.name for c in children if c.id in planned and not _known(pool, [c])]
     if pending:
         raise UserError(f"children planned but not merged and scored yet: {', '.join(pending)};"
                         f" give their folders and scores with --scores FILE")

@@ -51,16 +51,37 @@ class PoolModel:
     seed: Optional[int] = None
     external: bool = False  # merged outside this tool (``plan`` + an imported scores file)
     failed: Optional[str] = None  # its evaluation failed for good: skipped, never in the pool
+    # Per-item results (task -> index -> value; kept in memory, RUN/items/ on disk), the items
+    # scored and each task's item count, and the standard errors (mergekit_kinship.uncertainty).
+    items: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)
+    items_scored: dict[str, int] = field(default_factory=dict)
+    items_total: dict[str, int] = field(default_factory=dict)
+    fitness_stderr: Optional[float] = None
+    gain_stderr: Optional[float] = None
+    # Screened out by staged evaluation (mergekit_kinship.staging.Decision; a bare one for a
+    # partial score imported from a file): never in the top-k.
+    screened: Optional[Any] = None
+
+    @property
+    def partial(self) -> bool:
+        """Scored on fewer items than a task has."""
+        return any(self.items_scored.get(t, n) < n for t, n in self.items_total.items())
 
     def entry(self):
-        from mergekit_kinship.summary import ModelEntry
+        from mergekit_kinship.summary import ModelEntry, Screening
 
+        d = self.screened
         return ModelEntry(
             name=self.name, path=self.path, kind=self.kind, hub_id=self.hub_id,
             identity=self.identity, generation=self.generation, parents=list(self.parents),
             exploration=self.exploration, method=self.method, yaml=self.yaml,
             parents_kinship=self.parents_kinship, scores=dict(self.scores),
-            stderr=dict(self.stderr), fitness=self.fitness, gain=self.gain, failed=self.failed)
+            stderr=dict(self.stderr), fitness=self.fitness, gain=self.gain, failed=self.failed,
+            fitness_stderr=self.fitness_stderr, gain_stderr=self.gain_stderr,
+            items=dict(self.items_scored), items_total=dict(self.items_total),
+            screened_out=None if d is None else Screening(
+                stage=getattr(d, "stage", None), bound=getattr(d, "bound", None),
+                threshold=getattr(d, "threshold", None), against=getattr(d, "reference", None)))
 
 
 class Pool:
@@ -68,7 +89,7 @@ class Pool:
 
     def __init__(self, recipe: Recipe, rd: RunDir, *, evaluator: Optional[str] = None,
                  kinship_fn: Optional[KinshipFn] = None, progress: bool = True):
-        from mergekit_kinship.evaluation.settings import evaluation_fingerprint
+        from mergekit_kinship.evaluation.settings import evaluation_fingerprint, items_fingerprint
 
         self.recipe = recipe
         self.rd = rd
@@ -78,11 +99,17 @@ class Pool:
         from mergekit_kinship.evaluation.task_plan import resolved_fewshot
 
         fingerprint = evaluation_fingerprint(recipe.evaluation)
+        per_item = items_fingerprint(recipe.evaluation)
         # The n-shot of each task as the run resolves it (the summary, cards and report show it).
         self.n_shot = resolved_fewshot(recipe.evaluation, lm_eval_tasks=evaluator is None)
         if evaluator is not None:  # another scorer's numbers are other numbers
             fingerprint = {**fingerprint, "evaluator": evaluator}
-        self.cache = RunCache(rd, fingerprint)
+            per_item = {**per_item, "evaluator": evaluator}
+        self.cache = RunCache(rd, fingerprint, per_item)
+        # Each task's item count, once known (from per-item results, or a scores file).
+        self.item_totals: dict[str, int] = {}
+        for event in rd.events("task-items"):
+            self.item_totals.update(event["items"])
         self.metric = canonical(recipe.metric)
         # Measured for every pair: the recipe's metric, PCC (saturation) and sign conflict, so
         # that each child records both beside each other and the report can set both against gain.
@@ -141,18 +168,42 @@ class Pool:
             self.rd.write_text(self.rd.yaml_path(child.id), child.yaml)
 
     def merge_and_score(self, ids: Sequence[str], executor) -> None:
-        """Merge (children) and score every model of ``ids`` through the executor; a child whose
+        """Merge (children) and score every model of ``ids`` through the executor, in stages
+        when the recipe says so (:func:`mergekit_kinship.staging.score`); a child whose
         evaluation failed for good leaves the pool (kept in :attr:`failed`)."""
-        from mergekit_kinship.materialize import job_for, weights_of
+        from mergekit_kinship.materialize import weights_of
+        from mergekit_kinship.staging import score
 
         for i in ids:  # a child still to merge needs its parents' folders (pruned: merged again)
             m = self.models[i]
-            if m.kind == "child" and self.cache.score(m.identity) is None:
+            if m.kind == "child" and getattr(executor, "evaluates", True) and not self.scored(m):
                 for parent in m.parents:
                     if self.models[parent].kind == "child":
                         weights_of(self, parent)
-        results = executor.run([job_for(self, self.models[i]) for i in ids], progress=self.progress)
-        for result in results:
+        score(self, ids, executor)
+
+    def scored(self, m: PoolModel) -> bool:
+        """A score is recorded for ``m`` under this run's evaluation (with stages: all its items
+        are, or scores were imported)."""
+        if self.cache.score(m.identity) is not None:
+            return True
+        if not self.recipe.evaluation.staged:
+            return False
+        from mergekit_kinship.item_results import read_items
+
+        items, totals = read_items(self.rd, self.cache.items_key(m.identity))
+        return all(t in totals and len(items.get(t, {})) == totals[t]
+                   for t in self.recipe.evaluation.tasks)
+
+    def run_jobs(self, ids: Sequence[str], executor, items=None) -> dict[str, Any]:
+        """One job per model of ``ids`` (``items``: the items each is scored on, staged; None:
+        all) through the executor; returns model id -> its JobResult for those that did not
+        fail. A child whose evaluation failed for good leaves the pool."""
+        from mergekit_kinship.materialize import job_for
+
+        jobs = [job_for(self, self.models[i], items=items) for i in ids]
+        done = {}
+        for result in executor.run(jobs, progress=self.progress):
             m = self.models[result.model_id]
             if result.error is not None:
                 m.failed = result.error
@@ -160,22 +211,56 @@ class Pool:
                 print(f"warning: {m.name} ({m.id}) skipped: its evaluation failed "
                       f"({result.error})", file=sys.stderr)
                 continue
-            self.set_scores(m, result.scores, result.stderr)
             if result.kinship is not None and m.kind == "child":
                 self.record_merge_kinship(m, result.kinship)
             if m.kind == "child" and not m.external:
                 folder = self.rd.model_dir(m.id)
                 m.path = str(folder) if folder.exists() else None
+            done[m.id] = result
+        return done
+
+    def take_result(self, m: PoolModel, result, screened: Any = None) -> None:
+        """``m``'s scores from a JobResult (``screened``: the decision that stopped it)."""
+        self.set_scores(m, result.scores, result.stderr, items=result.items,
+                        counts=result.samples or None, totals=result.items_total,
+                        screened=screened)
+
+    def take_imported(self, m: PoolModel) -> bool:
+        """``m``'s scores from a record imported with ``plan --scores`` under this run's
+        evaluation, if there is one (staged evaluation: the jobs read only per-item results)."""
+        record = self.cache.score(m.identity)
+        if record is None:
+            return False
+        result = record["result"]
+        self.set_scores(m, result["scores"], result.get("stderr"), counts=result.get("samples"),
+                        totals=result.get("items_total"))
+        return True
 
     def set_scores(self, m: PoolModel, scores: dict[str, float],
-                   stderr: Optional[dict[str, float]] = None) -> None:
+                   stderr: Optional[dict[str, float]] = None, *, items=None, counts=None,
+                   totals=None, screened: Any = None) -> None:
+        """``m``'s scores, per-item results (``items``), items scored per task (``counts``,
+        default: from ``items``) and each task's item count (``totals``); its fitness, gain
+        over its parents and their standard errors (:mod:`mergekit_kinship.uncertainty`). A
+        partial score (fewer items than a task has) is screened out."""
         from mergekit_kinship.evaluation.scores import fitness
+        from mergekit_kinship.uncertainty import fitness_stderr, minus_mean
 
+        settings = self.recipe.evaluation
         m.scores, m.stderr = dict(scores), dict(stderr or {})
-        m.fitness = fitness(m.scores, self.recipe.evaluation)
+        m.items = {t: dict(v) for t, v in (items or {}).items()}
+        m.items_scored = dict(counts or {t: len(v) for t, v in m.items.items()})
+        m.items_total = dict(totals or {})
+        self.item_totals.update(m.items_total)
+        m.fitness = fitness(m.scores, settings)
+        m.fitness_stderr = fitness_stderr(m.items, m.stderr, settings)
+        if screened is None and m.partial:
+            from mergekit_kinship.staging import Decision
+
+            screened = Decision(None, None, sum(m.items_scored.values()), None, None, None, False)
+        m.screened = screened
         if m.kind in ("child", "baseline"):
-            parents = [self.models[p].fitness for p in m.parents]
-            m.gain = None if None in parents else m.fitness - sum(parents) / len(parents)
+            m.gain, m.gain_stderr = minus_mean(m, [self.models[p] for p in m.parents], settings)
 
     # --- kinship -----------------------------------------------------------------------------
     def _key(self, a: str, b: str) -> str:
@@ -238,10 +323,15 @@ class Pool:
                                   for i, m in self.models.items()},
                          kinship=self.planning_kinship, metric=self.metric, top_k=self.recipe.top_k,
                          generation=generation, merged=frozenset(self.merged_pairs),
-                         seed=self.recipe.seed)
+                         seed=self.recipe.seed, screened=self.screened_ids())
+
+    def screened_ids(self) -> frozenset[str]:
+        return frozenset(i for i, m in self.models.items() if m.screened is not None)
 
     def top_k(self, k: Optional[int] = None) -> list[str]:
-        return top_k(list(self.models), self.state(0).fitness, k or self.recipe.top_k)
+        """The k fittest models (never a screened-out one: its fitness is a partial score)."""
+        return top_k(list(self.models), self.state(0).fitness, k or self.recipe.top_k,
+                     self.screened_ids())
 
     def stop_reason(self, generation: int, previous_top: list[str], new_top: list[str]
                     ) -> Optional[str]:
@@ -279,6 +369,9 @@ class Pool:
             "top_k_mutual_pcc": self.mutual_pcc(new_top)}
         if failed:
             record["failed"] = failed
+        screened = [c.id for c in kept if c.screened is not None]
+        if screened:
+            record["screened"] = screened
         self.generations.append(record)
         self.rd.append({"event": "generation", **record, "stopped": stopped})
         return record
@@ -294,9 +387,13 @@ class Pool:
         base_fitness = reference.fitness if reference is not None else None
 
         def entry(m: PoolModel):
+            from mergekit_kinship.uncertainty import minus_mean
+
             e = m.entry()
+            if m.items:
+                e.items_key = self.cache.items_key(m.identity)
             if base_fitness is not None and m.fitness is not None and m.kind != "base":
-                e.vs_base = m.fitness - base_fitness
+                e.vs_base, e.vs_base_stderr = minus_mean(m, [reference], self.recipe.evaluation)
             return e
 
         return RunSummary(

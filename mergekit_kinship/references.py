@@ -84,7 +84,7 @@ def score_references(pool: "Pool", ids: list[str], executor) -> None:
             print(f"warning: reference {m.name} left out: its evaluation failed "
                   f"({result.error})", file=sys.stderr)
             continue
-        pool.set_scores(m, result.scores, result.stderr)
+        pool.take_result(m, result)
         if m.kind == "baseline":
             folder = pool.rd.model_dir(m.id)
             m.path = str(folder) if folder.exists() else None

@@ -36,7 +36,7 @@ from mergekit_kinship.findings import (
     saturation,
     studied_metrics,
 )
-from mergekit_kinship.formatting import MISSING, metric_value, number
+from mergekit_kinship.formatting import MISSING, metric_value, number, with_error
 from mergekit_kinship.report_figures import PAGE_WIDTH_PX
 from mergekit_kinship.summary import RunSummary, load_summary
 from mergekit_kinship.tables import verdict_lines
@@ -105,13 +105,27 @@ def _facts(summary: RunSummary) -> str:
         ("tasks", "; ".join(f"{t} ({task_label(summary.evaluation, t)})" for t in summary.tasks)),
         ("generations", len(summary.generations)), ("merges", len(merges(summary))),
         ("stopped", summary.stopped or "not yet (run in progress or interrupted)"),
-        ("best model", f"{models[best].name} (fitness {number(models[best].fitness)})"
+        ("best model", f"{models[best].name} (fitness "
+         f"{with_error(models[best].fitness, models[best].fitness_stderr)})"
          if best in models else MISSING),
+        *((("staged evaluation", _staged_fact(summary)),) if summary.evaluation.get("stages")
+          else ()),
         *(("against the references", line) for line in verdict_lines(summary)
           if summary.references),
     ]
     rows = "".join(f'<tr><th scope="row">{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in facts)
     return f"<table><tbody>{rows}</tbody></table>"
+
+
+def _staged_fact(summary: RunSummary) -> str:
+    ev = summary.evaluation
+    screened = [m for m in summary.models.values() if m.partial]
+    full = sum(sum(m.items_total.values()) for m in [*summary.models.values(),
+                                                     *summary.references.values()])
+    return (f"stages {', '.join(f'{f:g}' for f in ev['stages'])} of each task's items (subset "
+            f"seed {ev.get('subset_seed', 0)}, one-sided {ev.get('confidence', 0.95):g} bound); "
+            f"{len(screened)} children screened out; {summary.items_scored()} items scored "
+            f"of the {full} a full evaluation of the same models scores")
 
 
 def _saturation_note(summary: RunSummary) -> Optional[str]:
@@ -145,11 +159,15 @@ def _models_table(summary: RunSummary) -> str:
         kinship = [_e(metric_value(parents_kinship(model, m), m)) for m in metrics]
         notes = [note for note, on in (("best", model_id == summary.best),
                                        ("final top-k", model_id in top_k),
-                                       ("exploration merge", model.exploration)) if on]
+                                       ("exploration merge", model.exploration),
+                                       (f"screened out ({sum(model.items.values())}/"
+                                        f"{sum(model.items_total.values())} items)",
+                                        model.partial)) if on]
         rows.append([f"<code>{_e(model_id)}</code>", _e(model.name), str(model.generation),
                      _e(" × ".join(models[p].name for p in model.parents) or MISSING),
                      _e(model.method or MISSING), *kinship,
-                     number(model.fitness), number(model.gain, signed=True), _e(", ".join(notes)),
+                     with_error(model.fitness, model.fitness_stderr),
+                     with_error(model.gain, model.gain_stderr, signed=True), _e(", ".join(notes)),
                      str(len(summary.lineage(model_id)) - 1)])
     k = len(metrics)
     return _table(["id", "name", "gen", "parents", "method",
@@ -178,8 +196,9 @@ def _references_table(summary: RunSummary) -> str:
                 f"{ref.method} of all {len(ref.parents)} foundation models")
         diff = (best_fitness - ref.fitness) if best_fitness is not None and \
             ref.fitness is not None else None
-        rows.append([_e(ref.name), _e(what), number(ref.fitness),
-                     number(ref.vs_base, signed=True) if ref.kind != "base" else MISSING,
+        rows.append([_e(ref.name), _e(what), with_error(ref.fitness, ref.fitness_stderr),
+                     with_error(ref.vs_base, ref.vs_base_stderr, signed=True)
+                     if ref.kind != "base" else MISSING,
                      number(diff, signed=True), _e(ref.failed or "")])
     return _table(["reference", "what it is", "fitness", "vs base", "best child minus it",
                    "notes"], rows, numeric=frozenset({2, 3, 4}))
@@ -236,18 +255,22 @@ def render_report(summary: RunSummary, title: Optional[str] = None,
     for stats in study:
         for key, label in (("gain", "gain"), ("abs_gain", "|gain|")):
             result = stats[key]
+            ci = stats[f"{key}_ci"]
             stat_rows.append([_e(f"{stats['metric']} vs {label}"), str(stats["n"]),
                               number(result[0], signed=True) if result else MISSING,
+                              f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else MISSING,
                               f"{result[1]:.3g}" if result else MISSING])
-    parts.append(_table(["correlation", "merges", "Pearson r", "p (two-sided)"], stat_rows,
-                        numeric=frozenset({1, 2, 3})))
+    parts.append(_table(["correlation", "merges", "Pearson r", "95% CI (Fisher z)",
+                         "p (two-sided)"], stat_rows, numeric=frozenset({1, 2, 4})))
     verdict = _gain_verdict(study)
     if verdict:
         parts.append(f"<p>{_e(verdict)}</p>")
     parts.append('<p class="muted">The paper (Table 2) finds kinship predicts the size of a merge\'s '
                  'gain (|gain|) rather than its sign. Sign conflict is a distance: where it tracks '
                  'the gain, expect the sign of r opposite to PCC\'s. With few merges, p-values are '
-                 'wide: treat them as a hint.</p>')
+                 'wide: treat them as a hint; the confidence interval says how wide. Fitness and '
+                 'gain carry ± one standard error (a gain paired item by item with its '
+                 'parents where per-item results were recorded).</p>')
 
     if summary.references:
         parts.append("<h2>References</h2>")

@@ -7,7 +7,9 @@ Every fact is keyed by content (:mod:`mergekit_kinship.identity`) and kept in th
 - a model identity: cached per folder by its stamp (names, sizes, mtimes); a hub model's is the
   commit of its snapshot;
 - a kinship value: keyed by the base's identity and the pair of identities (either order);
-- a score: keyed by the model's identity and the evaluation fingerprint.
+- a score: keyed by the model's identity and the evaluation fingerprint;
+- a model's per-item results: keyed by its identity and the items fingerprint (the evaluation
+  fingerprint without the stage plan: :mod:`mergekit_kinship.item_results`).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ def model_folder(spec) -> str:
 class RunCache:
     """Identities, kinship values and scores recorded in one run directory."""
 
-    def __init__(self, rd: RunDir, fingerprint: dict[str, Any]):
+    def __init__(self, rd: RunDir, fingerprint: dict[str, Any],
+                 items_fingerprint: Optional[dict[str, Any]] = None):
         self.rd = rd
         self.fingerprint = fingerprint
+        self.items_fingerprint = items_fingerprint if items_fingerprint is not None else fingerprint
         self._identities = {e["path"]: e for e in rd.events("identity")}
         self._kinship: dict[str, dict[str, Optional[float]]] = {
             e["key"]: e["values"] for e in rd.events("kinship")}
@@ -66,6 +70,9 @@ class RunCache:
     # --- scores ------------------------------------------------------------------------------
     def score_key(self, identity: str) -> str:
         return content_hash({"model": identity, "evaluation": self.fingerprint})
+
+    def items_key(self, identity: str) -> str:
+        return content_hash({"model": identity, "evaluation": self.items_fingerprint})
 
     def score(self, identity: str) -> Optional[dict]:
         """The recorded evaluation of the model with this identity under this fingerprint."""

@@ -8,6 +8,8 @@ Layout (``RUN`` is the directory given to ``plan`` / ``evolve``)::
     RUN/yaml/<child>.yaml      each child's mergekit YAML, runnable with ``mergekit-yaml``
     RUN/models/<child>/        merged weights; renamed into place only when complete
     RUN/scores/<key>.json      one evaluation; key = hash(model identity + evaluation fingerprint)
+    RUN/items/<key>.json       one model's per-item results; key = hash(model identity + the
+                               evaluation fingerprint without the stage plan): item_results.py
     RUN/summary.json           the run summary (cards and report read only this)
     RUN/plan/                  what ``plan`` wrote (next generation's YAML + plan.json)
 
@@ -92,6 +94,7 @@ class RunDir:
         self.yaml_dir = self.path / "yaml"
         self.models_dir = self.path / "models"
         self.scores_dir = self.path / "scores"
+        self.items_dir = self.path / "items"
         self.plan_dir = self.path / "plan"
         self._lock_fh = None
 
@@ -248,7 +251,7 @@ class RunDir:
                 shutil.rmtree(d, ignore_errors=True)
         # Temporary files of write_text from a killed process (called with the lock held,
         # before any job runs, so no live writer owns one).
-        for folder in (self.path, self.yaml_dir, self.scores_dir):
+        for folder in (self.path, self.yaml_dir, self.scores_dir, self.items_dir):
             atomic_io.remove_stale_temporaries(folder)
 
     def prune(self, keep_ids: Iterable[str]) -> list[str]:

@@ -78,3 +78,19 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> Optional[tuple[float, flo
     df = n - 2
     t = math.inf if abs(r) == 1.0 else r * math.sqrt(df / (1.0 - r * r))
     return r, t_two_sided_p(t, df)
+
+
+def fisher_interval(r: float, n: int, confidence: float = 0.95
+                    ) -> Optional[tuple[float, float]]:
+    """Two-sided ``confidence`` interval of a Pearson r over ``n`` pairs by Fisher's z
+    transformation: ``tanh(atanh(r) -/+ z / sqrt(n - 3))`` with z the normal quantile of
+    ``(1 + confidence) / 2`` (1.96 at 95%). None with fewer than 4 pairs; (r, r) at |r| = 1."""
+    from statistics import NormalDist
+
+    if n < 4:
+        return None
+    if abs(r) >= 1.0:
+        return r, r
+    z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+    centre, half = math.atanh(r), z / math.sqrt(n - 3)
+    return math.tanh(centre - half), math.tanh(centre + half)

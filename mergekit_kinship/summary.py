@@ -39,6 +39,18 @@ class BaseInfo(_Schema):
     hub_id: Optional[str] = None
 
 
+class Screening(_Schema):
+    """Why a child was screened out by staged evaluation (:mod:`mergekit_kinship.staging`):
+    after ``stage`` (1-based), the upper confidence bound on its full fitness, ``bound``, was
+    below ``threshold``, the fitness of ``against`` (the k-th best model). All None for a
+    partial score imported from a scores file (the user stopped it)."""
+
+    stage: Optional[int] = None
+    bound: Optional[float] = None
+    threshold: Optional[float] = None
+    against: Optional[str] = None
+
+
 class ModelEntry(_Schema):
     """One model of the run: a foundation model or a child (merged by this run or elsewhere)."""
 
@@ -61,6 +73,21 @@ class ModelEntry(_Schema):
     gain: Optional[float] = None  # fitness minus the mean of its parents' fitness
     vs_base: Optional[float] = None  # fitness minus the base model's (when the base was scored)
     failed: Optional[str] = None  # its evaluation failed for good: skipped, never in the pool
+    # Standard errors of fitness, gain and vs_base (mergekit_kinship.uncertainty: paired over
+    # per-item results where there are some, else from lm-eval's per-task stderr); None: unknown.
+    fitness_stderr: Optional[float] = None
+    gain_stderr: Optional[float] = None
+    vs_base_stderr: Optional[float] = None
+    # Items scored per task and each task's item count (empty where unknown). Fewer items than a
+    # task has: a partial score, and the model is screened out (never in the top-k).
+    items: dict[str, int] = Field(default_factory=dict)
+    items_total: dict[str, int] = Field(default_factory=dict)
+    screened_out: Optional[Screening] = None
+    items_key: Optional[str] = None  # its per-item results: RUN_DIR/items/<items_key>.json
+
+    @property
+    def partial(self) -> bool:
+        return self.screened_out is not None
 
     @model_validator(mode="before")
     @classmethod
@@ -83,6 +110,7 @@ class GenerationRecord(_Schema):
     mean_fitness: Optional[float] = None
     top_k_mutual_pcc: Optional[float] = None
     failed: list[str] = Field(default_factory=list)
+    screened: list[str] = Field(default_factory=list)  # its children screened out (staged)
 
 
 class PoolKinship(BaseModel):
@@ -161,7 +189,7 @@ class RunSummary(_Schema):
                 if parent not in self.models:
                     raise ValueError(f"models.{model_id}.parents: unknown model {parent!r}")
         for i, generation in enumerate(self.generations):
-            for field in ("children", "top_k", "failed"):
+            for field in ("children", "top_k", "failed", "screened"):
                 for model_id in getattr(generation, field):
                     if model_id not in known:
                         raise ValueError(f"generations[{i}].{field}: unknown model {model_id!r}")
@@ -197,10 +225,15 @@ class RunSummary(_Schema):
         return {i: m for i, m in self.references.items()
                 if m.kind == "baseline" and m.fitness is not None}
 
+    def items_scored(self) -> int:
+        """Items scored over every model of the pool and every reference (0 where unknown)."""
+        return sum(sum(m.items.values()) for m in [*self.models.values(),
+                                                   *self.references.values()])
+
     def best_child(self) -> Optional[str]:
-        """The fittest child of the run (ties: the first made)."""
+        """The fittest fully scored child of the run (ties: the first made)."""
         children = [i for i in self.children_in_order() if self.models.get(i) is not None
-                    and self.models[i].fitness is not None]
+                    and self.models[i].fitness is not None and not self.models[i].partial]
         return max(children, key=lambda i: (self.models[i].fitness, -children.index(i)),
                    default=None)
 

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import sys
 
-from mergekit_kinship.formatting import number, text_table
-from mergekit_kinship.summary import RunSummary
+from mergekit_kinship.formatting import number, text_table, with_error
+from mergekit_kinship.summary import ModelEntry, RunSummary
+
+
+def items_text(m: ModelEntry) -> str:
+    """``400`` items, or ``screened out: 40/400 items (bound 0.6512 < 0.7000)``."""
+    scored, total = sum(m.items.values()), sum(m.items_total.values())
+    if m.screened_out is None:
+        return str(scored) if scored else "-"
+    s = m.screened_out
+    bound = (f" (bound {number(s.bound)} < {number(s.threshold)})"
+             if s.bound is not None and s.threshold is not None else "")
+    return f"screened out: {scored}/{total} items{bound}"
 
 
 def generation_table(summary: RunSummary, index: int) -> str:
     """Generation ``index`` as text: child, parents, parents' kinship, scores, fitness, gain over
-    the parents' mean and, when the base model was scored, the difference to the base; then the
-    best model so far and the top-k. Generation 1's table starts with the references."""
+    the parents' mean and, when the base model was scored, the difference to the base, each with
+    its standard error (``±``, :mod:`mergekit_kinship.uncertainty`); with staged evaluation the
+    items each child was scored on, and which were screened out; then the best model so far and
+    the top-k. Generation 1's table starts with the references."""
     models = summary.models
     record = next(g for g in summary.generations if g.index == index)
     tasks = summary.tasks
     metric = summary.metric
     base = summary.base_reference()
+    staged = bool(summary.evaluation.get("stages")) or any(
+        models[c].partial for c in record.children)
     header = ["child", "parents", f"kinship ({metric})", *tasks, "fitness", "gain",
-              *(["vs base"] if base else [])]
+              *(["vs base"] if base else []), *(["items"] if staged else [])]
     rows = []
     for cid in record.children:
         m = models[cid]
@@ -27,19 +42,24 @@ def generation_table(summary: RunSummary, index: int) -> str:
             parents += " (explore)"
         kin = (m.parents_kinship or {}).get(metric)
         rows.append([m.name, parents, number(kin), *(number(m.scores.get(t)) for t in tasks),
-                     number(m.fitness), number(m.gain, signed=True),
-                     *([number(m.vs_base, signed=True)] if base else [])])
+                     with_error(m.fitness, m.fitness_stderr),
+                     with_error(m.gain, m.gain_stderr, signed=True),
+                     *([with_error(m.vs_base, m.vs_base_stderr, signed=True)] if base else []),
+                     *([items_text(m)] if staged else [])])
     for cid in record.failed:
         m = summary.failed[cid]
         parents = " x ".join(models[p].name for p in m.parents)
         rows.append([m.name, parents, number((m.parents_kinship or {}).get(metric)),
-                     *("-" for _ in tasks), "failed", "-", *(["-"] if base else [])])
+                     *("-" for _ in tasks), "failed", "-", *(["-"] if base else []),
+                     *(["-"] if staged else [])])
+    notes = ([f"{len(record.failed)} failed, skipped"] if record.failed else []) + (
+        [f"{len(record.screened)} screened out"] if record.screened else [])
     title = (f"generation {index}: {len(rows)} children"
-             + (f" ({len(record.failed)} failed, skipped)" if record.failed else ""))
+             + (f" ({'; '.join(notes)})" if notes else ""))
     best = models[record.best]
     top = ", ".join(models[i].name for i in record.top_k)
-    footer = (f"best so far: {best.name} fitness {number(best.fitness)}; top-k: {top}; "
-              f"mutual pcc {number(record.top_k_mutual_pcc)}")
+    footer = (f"best so far: {best.name} fitness {with_error(best.fitness, best.fitness_stderr)}"
+              f"; top-k: {top}; mutual pcc {number(record.top_k_mutual_pcc)}")
     lines = [title, text_table(header, rows), footer]
     if index == 1 and summary.references:
         lines.insert(0, references_line(summary))

@@ -94,3 +94,39 @@ def stand_in_evaluate(model_path, settings):
         scores[task] = 1.0 - math.exp(-2.0 * max(dot / norm, 0.0))
     return EvaluationResult(scores=scores, fitness=fitness(scores, settings),
                             lm_eval_version="stand-in", seconds=time.perf_counter() - started)
+
+
+ITEMS_PER_TASK = 60
+
+
+def stand_in_item_evaluate(model_path, settings, items=None):
+    """Per-item results from the weights alone, for staged evaluation (deterministic, ~10 ms).
+
+    Each task has :data:`ITEMS_PER_TASK` items; item i of a task has a difficulty (the task's
+    own seeded permutation of evenly spaced levels in (0, 1)). A model with skill p on the task
+    (:func:`stand_in_evaluate`'s score) answers item i right when p plus its own noise for that
+    item (uniform in [-0.1, 0.1], seeded by the model's skills and the item) exceeds the item's
+    difficulty: better models answer more items, related models mostly the same ones, and the
+    task's score is the mean over its items. ``items`` (task -> indices) scores only those."""
+    import random
+
+    from mergekit_kinship.evaluation.scores import EvaluationResult, fitness
+
+    started = time.perf_counter()
+    skill = stand_in_evaluate(model_path, settings).scores
+    signature = ",".join(f"{skill[t]:.6f}" for t in settings.tasks)
+    values, totals = {}, {}
+    for task in settings.tasks:
+        levels = [(i + 0.5) / ITEMS_PER_TASK for i in range(ITEMS_PER_TASK)]
+        random.Random(f"difficulty:{task}").shuffle(levels)
+        wanted = range(ITEMS_PER_TASK) if items is None else items.get(task, [])
+        noise = random.Random(f"noise:{signature}:{task}")
+        jitter = [noise.uniform(-0.1, 0.1) for _ in range(ITEMS_PER_TASK)]
+        if wanted:
+            values[task] = {i: float(skill[task] + jitter[i] > levels[i]) for i in wanted}
+            totals[task] = ITEMS_PER_TASK
+    scores = {t: sum(v[i] for i in sorted(v)) / len(v) for t, v in values.items()}
+    return EvaluationResult(
+        scores=scores, fitness=fitness(scores, settings) if len(scores) == len(settings.tasks)
+        else None, lm_eval_version="stand-in", seconds=time.perf_counter() - started,
+        samples={t: len(v) for t, v in values.items()}, items=values, items_total=totals)

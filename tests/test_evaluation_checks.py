@@ -137,7 +137,7 @@ def test_scores_equal_simple_evaluates(case, family_shaped_model, tiny_model, mo
     monkeypatch.chdir(tmp_path)  # simple_evaluate's `git describe` runs here: not in a repository
     manager = task_manager_for(chosen)
     model_args = {"pretrained": str(model)}
-    ours = run_lm_eval(chosen, model_args, "cpu", manager)
+    ours, _ = run_lm_eval(chosen, model_args, "cpu", manager)
     with task_specs(chosen, manager) as specs:
         theirs = lm_eval.simple_evaluate(
             model="hf", model_args=model_args, tasks=specs, num_fewshot=chosen.num_fewshot,

@@ -63,8 +63,15 @@ def tiny(tmp_path_factory, single_thread):
 
 def _evolve_child(recipe, run_dir, kill_at, evaluator):
     """Body of a forked run: install the fault hook (counts start at 0 in this process), evolve."""
+    import torch
+
     from cli_with_fault import kill_at as fault
     from mergekit_kinship.rundir import set_fault_hook
+
+    # A fork inherits the parent's OpenMP/BLAS thread pool in a state it cannot use (a parallel
+    # einsum in the child waits forever for threads that were not forked); one thread never
+    # enters a parallel region. A real run is a fresh process and has no such pool.
+    torch.set_num_threads(1)
 
     set_fault_hook(fault(kill_at) if kill_at else None)
     evolve(recipe, run_dir, progress=False, evaluator=evaluator)

@@ -74,7 +74,7 @@ def simple_evaluate_alone(settings: EvaluationSettings, task: str, model: Path) 
 
 def assert_same_as_simple_evaluate(settings, model, monkeypatch, tmp_path) -> dict:
     monkeypatch.chdir(tmp_path)  # simple_evaluate's `git describe` runs here: not in a repository
-    ours = run_lm_eval(settings, {"pretrained": str(model)}, "cpu", task_manager_for(settings))
+    ours, _ = run_lm_eval(settings, {"pretrained": str(model)}, "cpu", task_manager_for(settings))
     for task in settings.tasks:
         theirs = simple_evaluate_alone(settings, task, model)
         for key in ("results", "n-samples", "n-shot"):

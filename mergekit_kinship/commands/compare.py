@@ -52,7 +52,7 @@ def compare_cmd(sources, run_dir, strategies, merges, methods, no_baselines, kee
     import os
 
     from mergekit_kinship.comparison import (
-        compare_strategies, compare_summaries, comparison_table, read_summaries)
+        compare_strategies, compare_summaries, comparison_table, read_summaries, run_labels)
     from mergekit_kinship.errors import UserError
     from mergekit_kinship.planner import STRATEGIES
 
@@ -62,7 +62,7 @@ def compare_cmd(sources, run_dir, strategies, merges, methods, no_baselines, kee
             raise UserError("give either one recipe file (with --run-dir) or run directories")
         if methods:
             raise UserError("--methods: only with a recipe (finished runs already chose theirs)")
-        comparison = compare_summaries(read_summaries(dirs), merges)
+        comparison = compare_summaries(read_summaries(dirs), merges, run_dirs=run_labels(dirs))
     else:
         if len(sources) != 1 or not run_dir:
             raise UserError("compare needs one recipe file and --run-dir, or run directories")

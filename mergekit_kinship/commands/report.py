@@ -35,12 +35,11 @@ def report_cmd(run_dir, out_path, as_json):
         click.echo(json.dumps({
             "report": str(written),
             "merges": stats["n"],
-            "kinship_vs_gain": stats["gain"] and {"r": stats["gain"][0], "p": stats["gain"][1]},
-            "kinship_vs_abs_gain": stats["abs_gain"] and {"r": stats["abs_gain"][0], "p": stats["abs_gain"][1]},
+            "kinship_vs_gain": _correlation(stats, "gain"),
+            "kinship_vs_abs_gain": _correlation(stats, "abs_gain"),
             # the run's metric, PCC and sign conflict, each against gain and |gain|
             "gain_study": {s["metric"]: {"merges": s["n"], **{
-                key: s[key] and {"r": s[key][0], "p": s[key][1]} for key in ("gain", "abs_gain")}}
-                for s in study},
+                key: _correlation(s, key) for key in ("gain", "abs_gain")}} for s in study},
             "saturated": sat["saturated"],
             "top_k_mutual_pcc": sat["last"],
         }))
@@ -50,7 +49,18 @@ def report_cmd(run_dir, out_path, as_json):
         for key, label in (("gain", "gain"), ("abs_gain", "|gain|")):
             if entry[key]:
                 r, p = entry[key]
-                click.echo(f"{entry['metric']} vs {label} over {entry['n']} merges: r = {r:+.3f}, p = {p:.3g}")
+                ci = entry[f"{key}_ci"]
+                interval = f", 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+                click.echo(f"{entry['metric']} vs {label} over {entry['n']} merges: r = {r:+.3f}"
+                           f"{interval}, p = {p:.3g}")
     if sat["saturated"]:
         click.echo(f"warning: the top-k's mutual PCC {sat['last']:.3f} is above {sat['threshold']:.2f}: "
                    f"the family is saturated", err=True)
+
+
+def _correlation(stats: dict, key: str):
+    """{"r", "p", "ci"} of one correlation of the gain study (None without one)."""
+    if not stats[key]:
+        return None
+    ci = stats[f"{key}_ci"]
+    return {"r": stats[key][0], "p": stats[key][1], "ci": list(ci) if ci else None}

@@ -33,7 +33,8 @@ from mergekit_kinship.errors import UserError
 from mergekit_kinship.evaluation.quiet import quiet_libraries
 from mergekit_kinship.evaluation.scores import EvaluationResult, check_scores, fitness
 from mergekit_kinship.evaluation.settings import EvaluationSettings, lm_eval_version
-from mergekit_kinship.evaluation.task_plan import apply_fewshot, limited_items
+from mergekit_kinship.evaluation.task_plan import (apply_fewshot, item_count, limited_items,
+                                                   mean_metric_tasks, select_items)
 from mergekit_kinship.evaluation.tasks import (
     resolve_metric_key,
     task_manager_for,
@@ -108,16 +109,21 @@ def _seeded_like_lm_eval(device: str | None):
             np.random.set_state(numpy_state)
 
 
-def run_lm_eval(settings: EvaluationSettings, model_args: dict, device: str | None, manager) -> dict | None:
-    """lm-eval's results for ``settings``, as ``lm_eval.simple_evaluate`` computes them for the
-    same arguments (``task_manager=manager``, ``log_samples=False``, ``fewshot_random_seed`` =
+def run_lm_eval(settings: EvaluationSettings, model_args: dict, device: str | None, manager,
+                items: dict[str, list[int]] | None = None) -> tuple[dict | None, dict]:
+    """lm-eval's results for ``settings`` and the tasks it built. The results are what
+    ``lm_eval.simple_evaluate`` computes for the same arguments (``task_manager=manager``,
+    ``log_samples=True``, ``fewshot_random_seed`` =
     :data:`~mergekit_kinship.evaluation.settings.FEWSHOT_SEED`, the rest at their defaults) but
     without its environment report and ``config`` block. A per-task ``num_fewshot`` or ``limit``
     gives each task what ``simple_evaluate`` run on that task alone with that task's values
     gives it (:func:`~mergekit_kinship.evaluation.task_plan.apply_fewshot`; the limit reaches
     lm-eval as ``samples=``, the indices of the items its ``limit=`` would score:
-    :func:`~mergekit_kinship.evaluation.task_plan.limited_items`). ``None`` where lm-eval returns none (not
-    rank 0 of a distributed run). lm-eval's request bars follow tqdm's ``TQDM_DISABLE``."""
+    :func:`~mergekit_kinship.evaluation.task_plan.limited_items`). ``items`` (task -> item
+    indices) scores those items only, through ``samples=`` too
+    (:func:`~mergekit_kinship.evaluation.task_plan.select_items`). Results are ``None`` where
+    lm-eval returns none (not rank 0 of a distributed run). lm-eval's request bars follow
+    tqdm's ``TQDM_DISABLE``."""
     import lm_eval
     from lm_eval.api.registry import get_model
 
@@ -127,17 +133,32 @@ def run_lm_eval(settings: EvaluationSettings, model_args: dict, device: str | No
         with task_specs(settings, manager) as specs:
             loaded = manager.load(specs)
         apply_fewshot(settings, loaded)
-        samples = limited_items(settings, loaded)
-        return lm_eval.evaluate(
+        if items is None:
+            task_dict, samples = loaded, limited_items(settings, loaded)
+        else:
+            task_dict, samples = select_items(settings, loaded, items)
+        output = lm_eval.evaluate(
             lm=_WithoutRequestBars(lm) if _bars_off_by_default() else lm,
-            task_dict=loaded,
-            # The per-task limit as item indices: lm-eval's own limit is one for all tasks.
+            task_dict=task_dict,
+            # The per-task limit (or the chosen items) as item indices: lm-eval's own limit is
+            # one for all tasks.
             samples=samples or None,
             bootstrap_iters=_BOOTSTRAP_ITERS,
-            log_samples=False,
+            # Per-item results: recorded for every task whose score is a mean over its items.
+            log_samples=True,
             apply_chat_template=settings.apply_chat_template,
             fewshot_as_multiturn=True,  # simple_evaluate's default (evaluate's is False)
         )
+        return output, loaded
+
+
+def _item_values(output: dict, task: str, key: str) -> dict[int, float]:
+    """Item index -> value of the metric ``key`` (``name,filter``) from lm-eval's logged
+    samples of ``task``."""
+    metric, _, filter_name = key.partition(",")
+    return {int(sample["doc_id"]): float(sample[metric])
+            for sample in (output.get("samples") or {}).get(task, [])
+            if sample.get("filter", "none") == (filter_name or "none")}
 
 
 def _items_scored(output: dict, task: str) -> int | None:
@@ -153,8 +174,16 @@ def _items_scored(output: dict, task: str) -> int | None:
     return None if None in parts else sum(parts)
 
 
-def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> EvaluationResult:
+def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings,
+             items: dict[str, list[int]] | None = None) -> EvaluationResult:
     """Score the model folder ``model_path`` on ``settings.tasks`` with lm-eval (:func:`run_lm_eval`).
+
+    Per-item results (``EvaluationResult.items``, with each task's item count in
+    ``items_total``) come with every task whose score is the mean of its items' values
+    (:func:`~mergekit_kinship.evaluation.task_plan.mean_metric_tasks`). ``items`` (task ->
+    item indices, for staged evaluation) scores only those items, of only the tasks named: the
+    scores are then the means over them, their ``stderr`` the items' standard error, and
+    ``fitness`` is None unless every task was scored.
 
     The model is loaded by lm-eval's ``hf`` (on ``settings.device``, default CUDA when available)
     or ``vllm`` backend and released afterwards, so a long run holds one model at a time. Requests
@@ -179,7 +208,7 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
     started = time.perf_counter()
     try:
         with quiet_libraries():
-            output = run_lm_eval(settings, model_args, device, manager)
+            output, loaded = run_lm_eval(settings, model_args, device, manager, items)
     finally:
         # lm-eval keeps no reference to the model after returning; collect it now so that the next
         # child does not meet this one's memory (matters on a GPU).
@@ -193,8 +222,10 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
         raise RuntimeError("lm-eval returned no results (not the main process?)")
 
     results = output["results"]
-    reported_scores, stderr, samples, n_shot = {}, {}, {}, {}
-    for task in settings.tasks:
+    capable = mean_metric_tasks(settings, loaded)
+    tasks = settings.tasks if items is None else [t for t in settings.tasks if items.get(t)]
+    reported_scores, stderr, samples, n_shot, values, totals = {}, {}, {}, {}, {}, {}
+    for task in tasks:
         if task not in results:
             raise UserError(f"evaluation.tasks: lm-eval returned no result for {task!r}")
         reported = [key for key in results[task] if "," in key and "_stderr," not in key]
@@ -210,13 +241,18 @@ def evaluate(model_path: str | os.PathLike, settings: EvaluationSettings) -> Eva
         shots = (output.get("n-shot") or {}).get(task)
         if shots is not None:
             n_shot[task] = int(shots)
+        if task in capable:
+            values[task] = _item_values(output, task, key)
+            totals[task] = item_count(capable[task], settings.limit_for(task))
     scores = check_scores(reported_scores, settings, f"model {model_path}: lm-eval scores")
     return EvaluationResult(
         scores=scores,
-        fitness=fitness(scores, settings),
+        fitness=fitness(scores, settings) if len(scores) == len(settings.tasks) else None,
         lm_eval_version=lm_eval_version(),
         seconds=seconds,
         stderr=stderr,
         samples=samples,
         n_shot=n_shot,
+        items=values,
+        items_total=totals,
     )

@@ -88,18 +88,28 @@ class EvaluationResult:
     ``samples``: task -> number of documents actually scored (after ``limit``).
     ``n_shot``: task -> few-shot examples lm-eval actually used (a task may pin its own).
     ``seconds``: wall-clock time of the evaluation, model loading included.
+    ``items``: task -> item index -> the item's value of the task's metric, for the items
+    scored, of the tasks whose score is the mean of those values (absent for other tasks, and
+    from an evaluator that gives none); ``items_total``: task -> how many items the task has.
+    ``fitness``: None when not every task was scored (a stage of staged evaluation).
     """
 
     scores: dict[str, float]
-    fitness: float
+    fitness: float | None
     lm_eval_version: str
     seconds: float
     stderr: dict[str, float] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
     n_shot: dict[str, int] = field(default_factory=dict)
+    items: dict[str, dict[int, float]] = field(default_factory=dict)
+    items_total: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As a score record keeps it: without the per-item values (they go to
+        :mod:`mergekit_kinship.item_results`), with the item counts."""
+        data = asdict(self)
+        data.pop("items")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvaluationResult":

@@ -46,6 +46,15 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
     # then skipped, or skipped at once. Not in the fingerprint: never changes a score.
     on_error: Literal["stop", "retry", "skip"] = "stop"
     retries: int = pydantic.Field(1, ge=0)
+    # Staged evaluation (:mod:`mergekit_kinship.staging`): fractions of each task's items,
+    # strictly increasing, the last 1.0; a child goes on to the next stage only while the
+    # one-sided upper ``confidence`` bound on its fitness reaches the k-th best model's fitness.
+    # The items of each stage are the first ones of a permutation seeded by ``subset_seed``, the
+    # same for every model of the run. None (or [1.0]): every model scored on every item.
+    # ``confidence`` and ``subset_seed`` are ignored without stages.
+    stages: list[float] | None = None
+    confidence: float = 0.95
+    subset_seed: int = 0
 
     @pydantic.field_validator("tasks")
     @classmethod
@@ -98,6 +107,29 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
                 raise ValueError(f"{task}a fraction must be below 1; a count must be a whole number")
         return value
 
+    @pydantic.field_validator("stages")
+    @classmethod
+    def _stages_plan(cls, stages):
+        if stages is None:
+            return None
+        if not stages:
+            raise ValueError("list at least one fraction, ending in 1.0 (or leave it out)")
+        for fraction in stages:
+            if not (math.isfinite(fraction) and 0 < fraction <= 1):
+                raise ValueError(f"{fraction!r} is not a fraction in (0, 1]")
+        if any(b <= a for a, b in zip(stages, stages[1:])):
+            raise ValueError("fractions must be strictly increasing")
+        if stages[-1] != 1.0:
+            raise ValueError("the last stage must be 1.0 (the full tasks)")
+        return None if stages == [1.0] else [float(f) for f in stages]
+
+    @pydantic.field_validator("confidence")
+    @classmethod
+    def _confidence_level(cls, value):
+        if not (0.5 <= value < 1):
+            raise ValueError(f"{value!r}: a one-sided confidence level in [0.5, 1), e.g. 0.95")
+        return value
+
     @pydantic.field_validator("weights")
     @classmethod
     def _weights_finite(cls, weights):
@@ -133,6 +165,11 @@ class EvaluationSettings(pydantic.BaseModel, extra="forbid"):
     def fewshot_for(self, task: str) -> int | None:
         """The n-shot the recipe asks for ``task``; None: the task's own default."""
         return _for_task(self.num_fewshot, task)
+
+    @property
+    def staged(self) -> bool:
+        """Scored in stages (:mod:`mergekit_kinship.staging`)."""
+        return self.stages is not None
 
     def limit_for(self, task: str) -> int | float | None:
         """The recipe's ``limit`` for ``task`` (lm-eval's meaning: a count, or a fraction below
@@ -218,10 +255,25 @@ def evaluation_fingerprint(settings: EvaluationSettings) -> dict:
     ``apply_chat_template``, backend, ``model_args`` (dtype ...), the few-shot seed, the lm-eval
     version, and a content digest of ``include_path`` (so an edited local task re-scores; the
     folder's location is not in, so a moved folder does not).
+    With ``stages``: the stage plan, ``confidence`` and ``subset_seed`` too (they decide which
+    items a model is scored on, so a model's recorded evaluation means something else); without
+    them none of the three is in, so the fingerprint of a recipe without stages is the one
+    earlier versions wrote and their cached scores stay valid.
     Out: ``weights`` (they change the fitness, not a score: recompute it with
     :func:`~mergekit_kinship.evaluation.scores.fitness`), ``batch_size`` and ``device`` (they
-    change floating-point rounding only, not the task).
+    change floating-point rounding only, not the task), ``on_error`` and ``retries``.
     """
+    fingerprint = items_fingerprint(settings)
+    if settings.staged:
+        fingerprint.update(stages=list(settings.stages), confidence=settings.confidence,
+                           subset_seed=settings.subset_seed)
+    return fingerprint
+
+
+def items_fingerprint(settings: EvaluationSettings) -> dict:
+    """What one item's result depends on: :func:`evaluation_fingerprint` without the stage plan
+    (equal to it for a recipe without stages). Per-item results are cached under it, so a run
+    with other stages, confidence or subset seed reuses every item already scored."""
     include_path = include_dir(settings)
     return {
         "format": FINGERPRINT_FORMAT,

@@ -73,6 +73,50 @@ def limited_items(settings: EvaluationSettings, loaded: dict) -> dict[str, list[
     return samples
 
 
+def mean_metric_tasks(settings: EvaluationSettings, loaded: dict) -> dict[str, Any]:
+    """The recipe tasks whose score is the mean of their items' values, by name (the built
+    lm-eval task): a task, not a group, whose chosen metric lm-eval aggregates with its own
+    ``mean``. Their per-item results are recorded, and only they can be scored in stages."""
+    from lm_eval.api.metrics import mean
+
+    groups = loaded.get("groups") or {}
+    out = {}
+    for task in settings.tasks:
+        if task in groups or task not in loaded["tasks"]:
+            continue
+        leaf = loaded["tasks"][task]
+        metric = settings.metric_for(task).split(",", 1)[0]
+        if (leaf.aggregation() or {}).get(metric) is mean:
+            out[task] = leaf
+    return out
+
+
+def select_items(settings: EvaluationSettings, loaded: dict, items: dict[str, list[int]]
+                 ) -> tuple[dict, dict[str, list[int]]]:
+    """lm-eval's ``task_dict`` and ``samples=`` that score exactly ``items`` (task -> sorted
+    item indices, each below the task's :func:`item_count`): the tasks with at least one item,
+    no group (lm-eval takes a non-empty sorted list per task: its ``doc_iterator`` maps the
+    n-th document it yields to ``samples[n]``). UserError for a task whose score is not a mean
+    over its items (:func:`mean_metric_tasks`)."""
+    from mergekit_kinship.errors import UserError
+
+    capable = mean_metric_tasks(settings, loaded)
+    chosen, samples = {}, {}
+    for task, indices in items.items():
+        if not indices:
+            continue
+        if task not in capable:
+            raise UserError(f"evaluation.stages: {task}'s {settings.metric_for(task)} is not a "
+                            f"mean over its items (lm-eval's aggregation), so it cannot be "
+                            f"scored on a subset of them; remove evaluation.stages")
+        total = item_count(capable[task], settings.limit_for(task))
+        ordered = sorted(set(indices))
+        if ordered[-1] >= total or ordered[0] < 0:
+            raise ValueError(f"{task}: item {ordered[-1]} of {total}")
+        chosen[task], samples[task] = capable[task], ordered
+    return {"tasks": chosen, "groups": {}}, samples
+
+
 # ------------------------------------------------------------------------- the dry run's side
 
 

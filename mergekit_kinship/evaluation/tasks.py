@@ -156,6 +156,9 @@ def validate_evaluation(settings: EvaluationSettings) -> None:
         reported = _reported_metrics(manager, task)
         if reported is not None:
             resolve_metric_key(task, settings.metric_for(task), reported)
+    if settings.staged:
+        for task in settings.tasks:
+            check_mean_over_items(manager, task, settings.metric_for(task))
     if isinstance(settings.num_fewshot, dict):
         for task, shots in settings.num_fewshot.items():
             pinned = [leaf for leaf, cfg in index_leaves(manager, task) if cfg.get("num_fewshot") == 0]
@@ -166,6 +169,35 @@ def validate_evaluation(settings: EvaluationSettings) -> None:
                     f"evaluation.num_fewshot.{task}: {which} pins num_fewshot to 0 in its YAML "
                     f"(its prompt holds its own examples) and lm-eval ignores any other value; "
                     f"write 0 or leave it out")
+
+
+def check_mean_over_items(manager, task: str, metric: str) -> None:
+    """UserError unless ``task``'s score under ``metric`` is the mean of its items' values (lm-eval's
+    ``mean`` aggregation), read from its YAML; staged evaluation scores a subset of the items, so
+    a stage score must be a subset mean. A group is refused (its score is made of its tasks'), a
+    Python-defined task is checked when it is built (the runner refuses it there)."""
+    from lm_eval.api.metrics import mean
+    from lm_eval.api.registry import get_aggregation, get_metric_aggregation
+
+    name = metric.split(",", 1)[0]
+    refuse = (f"evaluation.stages: {task}'s {name} is not a mean over its items "
+              f"(lm-eval's aggregation: {{}}), so a stage cannot score part of its items; remove "
+              f"evaluation.stages")
+    if task in _names(manager).groups:
+        raise UserError(f"evaluation.stages: {task} is a group of lm-eval tasks (its score is made "
+                        f"of its tasks' scores); list its tasks instead, or remove evaluation.stages")
+    if not is_yaml_task(manager, task):
+        return
+    cfg = manager.task_index[task].cfg or {}
+    given = next((item.get("aggregation") for item in cfg.get("metric_list") or []
+                  if item.get("metric") == name), None)
+    try:
+        aggregation = (get_aggregation(given) if isinstance(given, str) else given) \
+            if given is not None else get_metric_aggregation(name)
+    except (KeyError, ValueError, AttributeError):
+        aggregation = None
+    if aggregation is not mean:
+        raise UserError(refuse.format(getattr(aggregation, "__name__", given or "unknown")))
 
 
 def _group_fields() -> frozenset[str]:

@@ -4,6 +4,12 @@ A :class:`ChildJob` carries everything needed as plain data, and :func:`run_chil
 results into the run directory before returning, so it can run in another process or on another
 machine that mounts the run directory. It is idempotent: a finished merge (a model folder whose
 marker names this child) and a finished score (a score file with this key) are never redone.
+
+A job of staged evaluation (``staged``, :mod:`mergekit_kinship.staging`) asks for items instead:
+the model's per-item results (:mod:`mergekit_kinship.item_results`) are read, only the items
+not there yet are scored (the merge runs only if there are some), and the result holds the
+asked items' values. It writes no score record: which stage a model stops at depends on the
+pool, not on the model, so the per-item results are the only fact it records.
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ class ChildJob:
     optional: bool = False  # a reference (the base, a baseline): failing leaves it out, never stops
     ancestor: Optional[str] = None  # the family's ancestor: the merge records kinship.json
     sketch: Optional[dict] = None  # where the merge leaves the child's delta sketch (pool_sketch)
+    items_key: Optional[str] = None  # where its per-item results are kept (item_results)
+    staged: bool = False  # staged evaluation: score ``items`` (None: every item), no record
+    items: Optional[dict[str, list[int]]] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +64,11 @@ class JobResult:
     # The child's kinship.json (merge_kinship.MergeKinship.to_dict) when its folder has one: the
     # driver records the parents' kinship with the child from it (workers never write the cache).
     kinship: Optional[dict] = None
+    # Per-item results (task -> index -> value): a staged job's asked items; a plain job's all
+    # (when the evaluator gives them). items_total: task -> the task's item count.
+    items: dict[str, dict[int, float]] = field(default_factory=dict)
+    items_total: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)  # items scored per task, when known
 
 
 def merge_done(model_path: str | Path, model_id: str, identity: str) -> bool:
@@ -127,6 +141,8 @@ def run_child_job(job: ChildJob) -> JobResult:
     from mergekit_kinship.evaluation.settings import EvaluationSettings
 
     run = RunDir(job.run_dir)
+    if job.staged:
+        return _run_staged(run, job)
     record = run.read_score(job.score_key)
     failure = recorded_failure(run, job.score_key) if record is None else None
     if failure is not None:  # skipped for good earlier in this run: stays skipped on resume
@@ -142,6 +158,11 @@ def run_child_job(job: ChildJob) -> JobResult:
             return JobResult(job.model_id, {}, merged_now=merged_now,
                              merge_seconds=merge_seconds, error=result)
         checkpoint("evaluate")  # tests kill the process here: scored, not yet recorded
+        if result.items and job.items_key is not None:
+            from mergekit_kinship.item_results import record_items
+
+            record_items(run, job.items_key, job.model_id, job.identity, result.items,
+                         result.items_total)
         record = {"score_key": job.score_key, "model": job.model_id, "identity": job.identity,
                   "result": result.to_dict()}
         run.write_json(run.score_path(job.score_key), record)
@@ -149,9 +170,58 @@ def run_child_job(job: ChildJob) -> JobResult:
                     "seconds": round(result.seconds, 3)})
         scored_now, eval_seconds = True, result.seconds
     result = record["result"]
+    from mergekit_kinship.item_results import read_items
+
+    items, totals = read_items(run, job.items_key)
     return JobResult(job.model_id, dict(result["scores"]), dict(result.get("stderr") or {}),
                      merged_now, scored_now, merge_seconds, eval_seconds,
-                     kinship=_merge_kinship(job))
+                     kinship=_merge_kinship(job), items=items,
+                     items_total=dict(result.get("items_total") or totals),
+                     samples=dict(result.get("samples") or {}))
+
+
+def _run_staged(run: RunDir, job: ChildJob) -> JobResult:
+    """A staged job: score the asked items not scored yet, return the asked items' results."""
+    from mergekit_kinship.evaluation.settings import EvaluationSettings
+    from mergekit_kinship.item_results import means, missing, read_items, record_items, select
+    from mergekit_kinship.item_results import stderrs
+
+    failure = recorded_failure(run, job.score_key)
+    if failure is not None:
+        return JobResult(job.model_id, {}, error=failure)
+    settings = EvaluationSettings.model_validate(job.evaluation)
+    items, totals = read_items(run, job.items_key)
+    wanted = job.items
+    if wanted is None and all(t in totals for t in settings.tasks):
+        wanted = {t: list(range(totals[t])) for t in settings.tasks}
+    need = None if wanted is None else missing(items, wanted)  # None: every item of every task
+    merged_now, merge_seconds, eval_seconds = False, 0.0, 0.0
+    if need is None or need:
+        merged_now, merge_seconds = ensure_merged(job)
+        result = _evaluate_with_policy(run, job, settings, items=need)
+        if isinstance(result, str):
+            return JobResult(job.model_id, {}, merged_now=merged_now,
+                             merge_seconds=merge_seconds, error=result)
+        asked = settings.tasks if need is None else list(need)
+        lacking = [t for t in asked if t not in result.items or t not in result.items_total]
+        if lacking:
+            from mergekit_kinship.errors import UserError
+
+            raise UserError(f"evaluation.stages: the evaluator gave no per-item results for "
+                            f"{', '.join(lacking)} (staged evaluation needs them)")
+        checkpoint("evaluate")  # tests kill the process here: scored, not yet recorded
+        items, totals = record_items(run, job.items_key, job.model_id, job.identity,
+                                     result.items, result.items_total)
+        eval_seconds = result.seconds
+        run.append({"event": "scored-items", "model": job.model_id, "items_key": job.items_key,
+                    "score_key": job.score_key, "seconds": round(result.seconds, 3),
+                    "items": {t: len(v) for t, v in result.items.items()}})
+        if wanted is None:
+            wanted = {t: list(range(totals[t])) for t in settings.tasks}
+    chosen = select(items, wanted)
+    return JobResult(job.model_id, means(chosen), stderrs(chosen), merged_now,
+                     eval_seconds > 0, merge_seconds, eval_seconds, kinship=_merge_kinship(job),
+                     items=chosen, items_total={t: totals[t] for t in chosen})
 
 
 def _merge_kinship(job: ChildJob) -> Optional[dict]:
@@ -177,9 +247,10 @@ def recorded_failure(run: RunDir, score_key: str) -> Optional[str]:
     return None
 
 
-def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
+def _evaluate_with_policy(run: RunDir, job: ChildJob, settings, *, items=None):
     """Run the evaluator under ``evaluation.on_error``; returns its result, or the error text
-    (one line) of a child that is skipped. A foundation model's failure always stops the run:
+    (one line) of a child that is skipped. A staged job passes ``items`` (task -> indices, None:
+    all) to the evaluator; a plain job calls it with the model and the settings only. A foundation model's failure always stops the run:
     the pool would lose a model the user chose."""
     from mergekit_kinship.errors import UserError
 
@@ -190,7 +261,9 @@ def _evaluate_with_policy(run: RunDir, job: ChildJob, settings):
     for attempt in range(1, tries + 1):
         run.append({"event": "eval-start", "model": job.model_id, "score_key": job.score_key})
         try:
-            result = resolve_evaluator(job.evaluator)(job.model_path, settings)
+            scorer = resolve_evaluator(job.evaluator)
+            result = (scorer(job.model_path, settings, items=items) if job.staged
+                      else scorer(job.model_path, settings))
             if job.evaluator is not None:  # lm-eval's scores are checked by evaluate() itself
                 from mergekit_kinship.evaluation.scores import check_scores
 

@@ -85,3 +85,19 @@ def test_readme_links_every_docs_page_and_the_index_lists_them():
         if page.name != "README.md":
             assert page.resolve() in index_links, f"docs/README.md does not list {page.name}"
             assert page.resolve() in readme_links, f"README.md does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_recipes_and_docs_named_in_examples_exist(page):
+    """An example that names a shipped recipe or a docs page names one that exists (the built-in
+    family's recipe is written by build_family into the family folder, not shipped in recipes/)."""
+    named = {m for line in _code(page.read_text())
+             for m in re.findall(r"(?<![\w/.-])((?:recipes|docs)/[\w.-]+\.(?:ya?ml|md))", line)}
+    missing = sorted(n for n in named if not (ROOT / n).exists())
+    assert not missing, f"{page.name} names files that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_no_example_is_left_to_check(page):
+    """Examples are pasted from real runs of the current code: no 'check after merge' marker left."""
+    assert "check after merge" not in page.read_text()

@@ -297,3 +297,17 @@ def test_misspelled_task_is_reported_against_tasks_with_the_closest_name():
         validate_evaluation(settings(weights={"tiny_mcc": 1.0}))
     with pytest.raises(UserError, match=r"unknown lm-eval task 'zzzz_qqq' \(not in lm-eval or in \S+\)$"):
         validate_evaluation(settings(tasks=["zzzz_qqq"]))
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_transformers_torch_dtype_deprecation_is_silenced_while_scoring(tiny_model, quiet):
+    """lm-eval loads with ``torch_dtype=``, which transformers 5 warns about once per process:
+    silenced inside quiet_libraries, still shown outside it (a fresh process each: warning_once)."""
+    code = textwrap.dedent(f"""
+        import contextlib, torch, transformers
+        from mergekit_kinship.evaluation.quiet import quiet_libraries
+        with (quiet_libraries() if {quiet} else contextlib.nullcontext()):
+            transformers.AutoModelForCausalLM.from_pretrained({str(tiny_model)!r}, torch_dtype=torch.float32)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert ("`torch_dtype` is deprecated" in out.stderr + out.stdout) is not quiet

@@ -59,9 +59,13 @@ def plan_cmd(recipe, run_dir, scores_file, strategy, dry_run, evaluator, as_json
         return
     click.echo(f"generation {plan['generation']}: {len(plan['children'])} children "
                f"(strategy {plan['strategy']})")
-    for c in plan["children"]:
-        kin = ", ".join(f"{k} {v:.4f}" for k, v in (c["parents_kinship"] or {}).items())
-        click.echo(f"  {c['name']}  {' x '.join(c['parent_names'])}"
-                   f"{' (explore)' if c['exploration'] else ''}  {kin}  -> {c['yaml_file']}")
+    from mergekit_kinship.formatting import text_table
+
+    rows = [[c["name"], " x ".join(c["parent_names"]) + (" (explore)" if c["exploration"] else ""),
+             ", ".join(f"{k} {v:.4f}" for k, v in (c["parents_kinship"] or {}).items()),
+             c["yaml_file"]] for c in plan["children"]]
+    if rows:
+        table = text_table(["child", "parents", "kinship of parents", "mergekit YAML"], rows)
+        click.echo("\n".join("  " + line for line in table.splitlines()))
     if not plan["children"]:
         click.echo("  no untried pair left: the search has converged")

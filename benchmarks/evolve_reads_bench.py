@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from bench_md import write_section
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "evolve-reads"
@@ -125,13 +126,7 @@ def write_md(text: str) -> None:
                "sketches them), against what the exact path read (every pool model and the "
                "base, once per generation). Models ~1 MB each (the toy families).\n\n"
                f"{text}\n{END}")
-    md = MD.read_text() if MD.exists() else "# Benchmarks\n"
-    if START in md and END in md:
-        md = md[: md.index(START)] + section + md[md.index(END) + len(END):]
-    else:
-        md = md.rstrip("\n") + "\n\n" + section + "\n"
-    MD.write_text(md)
-    print(f"wrote {MD}", file=sys.stderr)
+    write_section(section, START, END, MD)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import textwrap
 import time
 import zlib
 from pathlib import Path
+from bench_md import write_section
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
@@ -377,13 +378,7 @@ def format_table(rows, params, n_children, goals) -> str:
 
 def write_md(table: str) -> None:
     section = f"{START}\n## Kinship\n\nMade by `python benchmarks/kinship_bench.py --write-md` on {time.strftime('%Y-%m-%d')}.\n\n{table}\n{END}"
-    text = MD.read_text() if MD.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    MD.write_text(text)
-    print(f"wrote {MD}", file=sys.stderr)
+    write_section(section, START, END, MD)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from bench_md import write_section
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "lineage"
@@ -161,13 +162,7 @@ def write_md(text: str) -> None:
                "mostly ambiguous, with many wrong calls besides. A sketch 16x smaller than the model "
                "blurs the per-tensor fits the template rule compares: fewer merges recovered, "
                f"and some wrong calls.\n{END}")
-    md = MD.read_text() if MD.exists() else "# Benchmarks\n"
-    if START in md and END in md:
-        md = md[: md.index(START)] + section + md[md.index(END) + len(END):]
-    else:
-        md = md.rstrip("\n") + "\n\n" + section + "\n"
-    MD.write_text(md)
-    print(f"wrote {MD}", file=sys.stderr)
+    write_section(section, START, END, MD)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from kinship_bench import evict, model_bytes, n_params, read_all, write_family  # noqa: E402
+from bench_md import write_section
 
 WORK = HERE / "_work"
 MD = HERE.parent / "BENCHMARKS.md"
@@ -263,13 +264,7 @@ def format_table(rows, checks, params, repeats, load) -> str:
 def write_md(table: str) -> None:
     section = (f"{START}\n## Kinship inside a merge\n\nMade by `python benchmarks/merge_hook_bench.py "
                f"--write-md` on {time.strftime('%Y-%m-%d')}.\n\n{table}\n{END}")
-    text = MD.read_text() if MD.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    MD.write_text(text)
-    print(f"wrote {MD}", file=sys.stderr)
+    write_section(section, START, END, MD)
 
 
 if __name__ == "__main__":

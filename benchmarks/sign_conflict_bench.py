@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import kinship_bench as kb  # noqa: E402  (the family writer, eviction and the subprocess runner)
+from bench_md import write_section  # noqa: E402
 
 START, END = "<!-- sign-bench:start -->", "<!-- sign-bench:end -->"
 WITHOUT = "pcc,cosine,euclidean"
@@ -445,13 +446,7 @@ def write_md(table: str) -> None:
     section = (f"{START}\n## Sign conflict in the kinship pass\n\nMade by "
                f"`python benchmarks/sign_conflict_bench.py {args}` on {time.strftime('%Y-%m-%d')}.\n\n"
                f"{table}\n{END}")
-    text = kb.MD.read_text() if kb.MD.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    kb.MD.write_text(text)
-    print(f"wrote {kb.MD}", file=sys.stderr)
+    write_section(section, START, END, kb.MD)
 
 
 if __name__ == "__main__":

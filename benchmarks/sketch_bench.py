@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import kinship_bench as kb  # noqa: E402  (shapes, eviction, the measuring subprocess)
+from bench_md import write_section
 
 WORK = HERE / "_work" / "sketch"
 MD = HERE.parent / "BENCHMARKS.md"
@@ -237,13 +238,7 @@ def write_md(text: str) -> None:
                "(Hoeffding's at the same failure probability for sign conflict): "
                "\\|error\\|/bound ≤ 1 means the value was inside it.\n\n"
                f"{text}\n{END}")
-    md = MD.read_text() if MD.exists() else "# Benchmarks\n"
-    if START in md and END in md:
-        md = md[: md.index(START)] + section + md[md.index(END) + len(END):]
-    else:
-        md = md.rstrip("\n") + "\n\n" + section + "\n"
-    MD.write_text(md)
-    print(f"wrote {MD}", file=sys.stderr)
+    write_section(section, START, END, MD)
 
 
 if __name__ == "__main__":

@@ -117,4 +117,4 @@ def counts_line(result) -> str:
               "unrelated": ("unrelated", "unrelated")}
     parts = [f"{kinds.count(k)} {one if kinds.count(k) == 1 else many}"
              for k, (one, many) in labels.items() if k in kinds]
-    return f"{len(kinds)} models: " + ", ".join(parts)
+    return f"{len(kinds)} model{'s' * (len(kinds) != 1)}: " + ", ".join(parts)

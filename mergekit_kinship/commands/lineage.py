@@ -61,7 +61,8 @@ def lineage_cmd(models, base, as_json, plot_path, sketch_size, quiet):
     else:
         how = ("exactly (every model fits in its sketch)" if result.exact else
                f"from sketches of {result.sketch['entries']:,} entries (each edge's cross_noise in --json)")
-        click.echo(f"lineage of {len(result.models)} models (deltas from {base_name}), {how}; "
+        n = len(result.models)
+        click.echo(f"lineage of {n} model{'s' * (n != 1)} (deltas from {base_name}), {how}; "
                    f"read {len(result.read)}, {len(result.models) - len(result.read)} sketches cached")
         click.echo(counts_line(result))
         click.echo("")

@@ -158,8 +158,11 @@ def write_md(text: str) -> None:
                "sibling merges is also a merge of their shared parent and a third merge), and "
                "SLERP's per-layer `t` makes a few such coincidences too. A TIES merge "
                "trims and sign-elects each parent's delta, so no pair of listed models fits it "
-               "closely and sibling merges fit it as well as its parents: the TIES run is "
-               "mostly ambiguous, with many wrong calls besides. A sketch 16x smaller than the model "
+               "closely, sibling merges fit it as well as its parents, and a merge with a "
+               "sibling's fine-tune carries most of that sibling's delta (the signature of a "
+               "fine-tune): on the TIES run nearly every call is an honest `ambiguous` with its "
+               "alternatives, and one is wrong (a merge read as a fine-tune of a merge it shares "
+               "a parent with). A sketch 16x smaller than the model "
                "blurs the per-tensor fits the template rule compares: fewer merges recovered, "
                f"and some wrong calls.\n{END}")
     write_section(section, START, END, MD)

@@ -31,9 +31,12 @@ sketch). The rules, and why:
    not a descendant of X (counting an ambiguous merge's possible parents as its parents)
    and X not closer to one of P's own merge parents than to P (a linear merge ½(δ_A + δ_B)
    carries about all of δ_A: A reads as its fine-tune the wrong way round); else a fine-tune
-   of the base. MoTHer (arXiv 2405.18432) and Model Atlas (arXiv 2503.10633) recover such
-   fine-tune trees (directed by weight kurtosis and distance); we direct edges by the
-   coefficient instead and add the merges they do not handle.
+   of the base. A fine-tune keeps P's whole delta beside any second model: when X's best fit
+   α·δ_P + β·δ_Q (Q not X's descendant, β ≥ 0) has α < ``FT_COEF``, X is **ambiguous**
+   between P's fine-tune and that merge (a TIES merge of P's sibling carries most of δ_P).
+   MoTHer (arXiv 2405.18432) and Model Atlas (arXiv 2503.10633) recover such fine-tune trees
+   (directed by weight kurtosis and distance); we direct edges by the coefficient instead and
+   add the merges they do not handle.
 4. **Unrelated**: a delta over ``UNRELATED_NORM`` times the median norm with no kin (|cos| <
    0.1 with everyone): not a fine-tune of this base at all (e.g. another pre-training).
 """
@@ -332,8 +335,34 @@ def _fine_tune_call(x: int, total, norm2, cos, parents_of) -> LineageEntry:
     candidates.sort(reverse=True)
     c, p, coef, update = candidates[0]
     evidence = {"cosine": c, "coefficient": coef, "update_fraction": update}
+    merge = _shared_fit(x, p, total, below)
+    if merge is not None:  # P's delta is not whole in X once a second model is fitted beside it
+        return LineageEntry(x, "ambiguous", None, evidence=evidence, alternatives=[
+            {"parents": [p], "cosine": c, "coefficient": coef}, merge])
     rivals = [r for r in candidates[1:] if r[0] >= c - 0.01]
     if rivals:
         return LineageEntry(x, "ambiguous", None, evidence=evidence, alternatives=[
             {"parents": [q], "cosine": cc, "coefficient": k} for cc, q, k, _ in candidates[:1 + len(rivals)]])
     return LineageEntry(x, "fine-tune", [p], [1.0], evidence)
+
+
+def _shared_fit(x: int, p: int, total, below) -> Optional[dict]:
+    """X's best fit α·δ_P + β·δ_Q (β ≥ 0, Q neither X's descendant nor P) when it keeps less than
+    ``FT_COEF`` of δ_P (a TIES merge of P's sibling reads as P's fine-tune), else None."""
+    best = None
+    for q in range(len(total)):
+        if q in (x, p) or q in below or total[q, q] <= 0:
+            continue
+        A = total[np.ix_([p, q], [p, q])]
+        det = A[0, 0] * A[1, 1] - A[0, 1] ** 2
+        if det <= DETERMINED * A[0, 0] * A[1, 1]:
+            continue
+        a = (A[1, 1] * total[p, x] - A[0, 1] * total[q, x]) / det
+        b = (A[0, 0] * total[q, x] - A[0, 1] * total[p, x]) / det
+        residual = (total[x, x] - a * total[p, x] - b * total[q, x]) / total[x, x]
+        if b >= 0 and (best is None or residual < best[0]):
+            best = (float(residual), float(a), float(b), q)
+    if best is None or best[1] >= FT_COEF:
+        return None
+    residual, a, b, q = best
+    return {"parents": [p, q], "proportions": [a / (a + b), b / (a + b)], "residual": residual}

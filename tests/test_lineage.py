@@ -141,3 +141,31 @@ def test_infer_lineage_on_known_deltas():
     share = dict(zip(calls[2].parents, calls[2].proportions))
     assert abs(share[0] - 0.4) < 0.01 and abs(share[1] - 0.6) < 0.01
     assert calls[3].parents == [0]
+
+
+def test_a_ties_merge_of_a_sibling_is_ambiguous_not_a_fine_tune():
+    """TIES merges (trimmed to half, sign elected, agreeing entries averaged, as mergekit does) of
+    d with i and of d with j, a fine-tune of i: the second carries about all of the first's delta,
+    which alone reads as a fine-tune; both are said to be ambiguous, the true calls stay."""
+    import numpy as np
+
+    from mergekit_kinship.lineage import infer_lineage
+
+    def ties(*deltas):
+        kept = np.stack([np.where(np.abs(x) >= np.median(np.abs(x), -1, keepdims=True), x, 0.0)
+                         for x in deltas])
+        agree = (np.sign(kept) == np.sign(kept.sum(0))) & (kept != 0)
+        return (kept * agree).sum(0) / np.maximum(agree.sum(0), 1)
+
+    rng = np.random.default_rng(0)
+    d, i, update, other = (rng.normal(size=(6, 4000)) for _ in range(4))
+    j = i + 0.3 * update
+    X = np.stack([d, i, j, other, ties(d, i), ties(d, j)], 1)
+    calls = infer_lineage(np.einsum("tik,tjk->tij", X, X))
+    assert [c.kind for c in calls[:4]] == ["base-fine-tune", "base-fine-tune", "fine-tune",
+                                           "base-fine-tune"]
+    assert calls[2].parents == [1]
+    for merge in calls[4:]:
+        assert merge.kind == "ambiguous" and merge.parents is None
+        assert len(merge.alternatives) >= 2
+    assert any(alt["parents"] == [4] for alt in calls[5].alternatives)  # the fine-tune reading

@@ -99,12 +99,13 @@ def test_refuses_a_folder_that_is_not_a_family(tmp_path):
     assert "cannot create the family's folder" in blocked.output
 
 
-def _score(path: Path, task_manager) -> dict[str, float]:
+def _score(path: Path, task_manager, family: str = "builtin") -> dict[str, float]:
+    """lm-eval accuracy of the model at ``path`` on ``family``'s tasks (test_zoo_digits uses it)."""
     import lm_eval
 
     from mergekit_kinship.zoo.train import single_threaded
 
-    settings = evaluation_settings()
+    settings = evaluation_settings(family)
     # One thread: on a busy 2-core machine a ~250k-parameter model scores 5-10x faster than with
     # torch's default thread pool fighting other processes.
     with single_threaded():

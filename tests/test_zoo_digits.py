@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from mergekit_kinship.cli import main
 from mergekit_kinship.errors import UserError
 from mergekit_kinship.zoo import FAMILIES, FamilyConfig, Stage, build_family, evaluation_settings
+from test_zoo import _score as score_with_lm_eval
 from mergekit_kinship.zoo.skills import GENERATORS, held_out_prompts, training_stream
 from mergekit_kinship.zoo.taskfiles import task_files
 from mergekit_kinship.zoo.train import SEQ_LEN
@@ -132,18 +133,7 @@ def digits():
 
 
 def _score(path: Path, task_manager) -> dict[str, float]:
-    import lm_eval
-
-    from mergekit_kinship.zoo.train import single_threaded
-
-    settings = evaluation_settings("digits")
-    with single_threaded():  # see test_zoo._score
-        out = lm_eval.simple_evaluate(
-            model="hf", model_args=f"pretrained={path},dtype=float32", tasks=settings["tasks"],
-            task_manager=task_manager, num_fewshot=settings["num_fewshot"], batch_size=64,
-            device="cpu",
-        )
-    return {t: out["results"][t][settings["metrics"][t] + ",none"] for t in settings["tasks"]}
+    return score_with_lm_eval(path, task_manager, "digits")
 
 
 @pytest.fixture(scope="module")
